@@ -1,0 +1,1 @@
+"""Every side effect skyshift performs, one module (or package) per capability."""

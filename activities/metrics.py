@@ -1,0 +1,105 @@
+"""Metrics providers: read request counts, errors and latency histograms from both deployments.
+
+Endpoints expose Prometheus text (`/metrics`). A scrape returns cumulative counters; a window is
+the difference of two scrapes, so the workflow keeps only the previous snapshot (a few numbers),
+never raw samples.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio import activity
+
+REQUESTS = "skyshift_requests"
+ERRORS = "skyshift_request_errors"
+LATENCY = "skyshift_request_latency_seconds"
+#: Latency buckets (seconds) the demo endpoints export; fine enough to resolve a 15% shift.
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020, 0.025, 0.030, 0.040,
+    0.050, 0.060, 0.080, 0.100, 0.125, 0.150, 0.200, 0.300, 0.500, 0.750, 1.0, 2.0, 5.0,
+)  # fmt: skip
+
+
+class EndpointPair(BaseModel):
+    """One inference service deployed on both sides."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    source_url: str = Field(pattern=r"^https?://", description="Base URL of the source deployment (serves /metrics)")
+    target_url: str = Field(pattern=r"^https?://", description="Base URL of the target deployment (serves /metrics)")
+
+
+class Histogram(BaseModel):
+    bounds: list[float] = Field(description="Upper bounds, ascending, +Inf last")
+    cumulative: list[float]
+    count: float
+    sum: float
+
+
+class SideSnapshot(BaseModel):
+    url: str
+    ok: bool
+    error: str | None = None
+    requests: float = 0
+    errors: float = 0
+    latency: Histogram | None = None
+
+
+class EndpointSnapshot(BaseModel):
+    endpoint: str
+    source: SideSnapshot
+    target: SideSnapshot
+
+
+class ScrapeInput(BaseModel):
+    endpoints: list[EndpointPair]
+    timeout_seconds: float = 5.0
+
+
+def parse_metrics(url: str, text: str) -> SideSnapshot:
+    requests = errors = 0.0
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{REQUESTS}_total":
+                requests += sample.value
+            elif sample.name == f"{ERRORS}_total":
+                errors += sample.value
+            elif sample.name == f"{LATENCY}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+            elif sample.name == f"{LATENCY}_count":
+                count += sample.value
+            elif sample.name == f"{LATENCY}_sum":
+                total += sample.value
+    bounds = sorted(buckets)
+    histogram = (
+        Histogram(bounds=bounds, cumulative=[buckets[b] for b in bounds], count=count, sum=total) if bounds else None
+    )
+    return SideSnapshot(url=url, ok=True, requests=requests, errors=errors, latency=histogram)
+
+
+def scrape(url: str, timeout: float) -> SideSnapshot:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout) as response:
+            return parse_metrics(url, response.read().decode())
+    except (OSError, ValueError) as error:
+        # A provider that cannot be read is a fact for the verdict ("error"), not an activity failure.
+        return SideSnapshot(url=url, ok=False, error=f"{type(error).__name__}: {error}")
+
+
+@activity.defn
+def scrape_endpoints(request: ScrapeInput) -> list[EndpointSnapshot]:
+    return [
+        EndpointSnapshot(
+            endpoint=pair.name,
+            source=scrape(pair.source_url, request.timeout_seconds),
+            target=scrape(pair.target_url, request.timeout_seconds),
+        )
+        for pair in request.endpoints
+    ]

@@ -1,0 +1,125 @@
+"""The store interface, its models and key safety."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMES = ("s3://", "gs://", "file://")
+
+
+class StoreError(RuntimeError):
+    """A store operation failed in a way the caller can explain to an operator."""
+
+
+class InvalidKeyError(StoreError, ValueError):
+    """A key that would escape the store's root or is otherwise unusable."""
+
+
+class StoreSpec(BaseModel):
+    """Where a store is and how to reach it: what activities receive instead of clients or secrets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(description="s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path")
+    endpoint: str | None = Field(None, description="Override the provider endpoint (emulators, S3-compatible stores)")
+    credentials: str | None = Field(None, description="Name of a credential the worker resolves; never a secret")
+
+    @model_validator(mode="after")
+    def _check_url(self) -> StoreSpec:
+        if not self.url.startswith(SCHEMES):
+            raise ValueError(f"url '{self.url}' must start with one of {', '.join(SCHEMES)}")
+        rest = self.url.split("://", 1)[1]
+        if self.url.startswith("file://") and not rest.startswith("/"):
+            raise ValueError(f"url '{self.url}' must be an absolute path: file:///abs/path")
+        if not self.url.startswith("file://") and len(rest.split("/", 1)[0]) < 3:
+            raise ValueError(f"url '{self.url}' needs a bucket name of at least 3 characters")
+        return self
+
+
+class ObjectInfo(BaseModel):
+    """One object as listed: key relative to the store's root."""
+
+    key: str
+    size: int
+    etag: str | None = Field(None, description="Change detector only (S3 ETag, GCS crc32c+generation, mtime)")
+
+
+class Capabilities(BaseModel):
+    """Optional features a backend declares; the engine checks these and falls back."""
+
+    ranged_read: bool = True
+    server_side_copy: bool = False
+    multipart_writer: bool = False
+    #: Largest object a single server-side copy call may produce, if limited.
+    max_single_copy_bytes: int | None = None
+    max_parts: int | None = None
+    min_part_bytes: int | None = None
+
+
+def safe_key(key: str) -> str:
+    """Validate a key relative to a store root; refuse anything that could escape it."""
+    if not key or key.startswith("/") or "\x00" in key or "\\" in key:
+        raise InvalidKeyError(f"refused object key {key!r}: keys must be relative, without NUL or backslashes")
+    if any(part in ("..", ".") for part in key.split("/")) or "//" in key:
+        raise InvalidKeyError(f"refused object key {key!r}: '..', '.' and empty path segments are not allowed")
+    return key
+
+
+def join_key(*parts: str) -> str:
+    """Join key parts with '/', ignoring empty ones, and validate the result."""
+    return safe_key("/".join(p.strip("/") for p in parts if p and p.strip("/")))
+
+
+def directory_prefix(root: str, prefix: str) -> str:
+    """The provider-side prefix for everything under `prefix` (a directory, never a partial name)."""
+    joined = "/".join(p.strip("/") for p in (root, prefix) if p.strip("/"))
+    return f"{joined}/" if joined else ""
+
+
+class Store(abc.ABC):
+    """A bucket or directory addressed by URL; all keys are relative to its root prefix."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, spec: StoreSpec) -> None:
+        self.spec = spec
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield objects under prefix in key order, a page at a time (never the whole listing in memory)."""
+
+    @abc.abstractmethod
+    def info(self, key: str) -> ObjectInfo | None:
+        """Size and change detector of one object, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        """A readable stream of bytes [start, end) of the object (end None: to the end)."""
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        """Write a local file as the object, atomically: readers see the old object or the new one."""
+
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Write a small object atomically (manifests, ledgers)."""
+
+    @abc.abstractmethod
+    def remove(self, key: str) -> bool:
+        """Delete the object; return False when it was already absent (idempotent)."""
+
+    def read_bytes(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        with self.open_read(key, start, end) as stream:
+            return stream.read()
+
+    def exists(self, key: str) -> bool:
+        return self.info(key) is not None

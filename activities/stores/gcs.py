@@ -1,0 +1,115 @@
+"""Google Cloud Storage through google-cloud-storage (`gs://bucket/prefix`)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from activities.stores.base import (
+    Capabilities,
+    ObjectInfo,
+    Store,
+    StoreError,
+    StoreSpec,
+    directory_prefix,
+    join_key,
+    safe_key,
+)
+
+_MiB = 1 << 20
+
+
+class GCSStore(Store):
+    capabilities = Capabilities(ranged_read=True, server_side_copy=True, multipart_writer=True, max_parts=32)
+
+    def __init__(self, spec: StoreSpec) -> None:
+        super().__init__(spec)
+        parsed = urlparse(spec.url)
+        self.bucket_name = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.client = self._client(spec)
+        self.bucket = self.client.bucket(self.bucket_name)
+
+    @staticmethod
+    def _client(spec: StoreSpec) -> storage.Client:
+        emulator = spec.endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator:
+            options = {"api_endpoint": spec.endpoint} if spec.endpoint else None
+            return storage.Client(project="skyshift", credentials=AnonymousCredentials(), client_options=options)
+        if spec.credentials:
+            # A credential *name*: the worker's environment maps it to a service-account file.
+            variable = f"SKYSHIFT_CREDENTIAL_{spec.credentials.upper().replace('-', '_')}"
+            path = os.environ.get(variable)
+            if not path:
+                raise StoreError(f"{spec.url}: credential '{spec.credentials}' is not configured; set {variable}")
+            return storage.Client.from_service_account_json(path)
+        return storage.Client()
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, safe_key(key))
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    @staticmethod
+    def _etag(blob: storage.Blob) -> str:
+        return f"{blob.crc32c}:{blob.generation}"
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = directory_prefix(self.prefix, prefix)
+        try:
+            for blob in self.client.list_blobs(self.bucket_name, prefix=full or None, page_size=1000):
+                yield ObjectInfo(key=self._relative(blob.name), size=blob.size or 0, etag=self._etag(blob))
+        except gexc.GoogleAPIError as error:
+            raise StoreError(f"{self.url}: cannot list: {error}") from error
+
+    def info(self, key: str) -> ObjectInfo | None:
+        blob = self.bucket.get_blob(self._key(key))
+        return None if blob is None else ObjectInfo(key=key, size=blob.size or 0, etag=self._etag(blob))
+
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        blob = self.bucket.blob(self._key(key))
+        try:
+            if start == 0 and end is None:
+                return blob.open("rb", chunk_size=8 * _MiB)
+            # Ranged reads are chunk-sized by construction, so holding one in memory is bounded.
+            return io.BytesIO(blob.download_as_bytes(start=start, end=None if end is None else end - 1))
+        except gexc.NotFound as error:
+            raise StoreError(f"{self.url}: no object {key!r}") from error
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        # GCS publishes an object when its upload finalizes; crc32c lets the server reject damage.
+        blob = self.bucket.blob(self._key(key), chunk_size=16 * _MiB)
+        try:
+            blob.upload_from_filename(str(path), checksum="crc32c")
+        except gexc.GoogleAPIError as error:
+            raise StoreError(f"{self.url}: cannot write {key!r}: {error}") from error
+        return self.info(key) or ObjectInfo(key=key, size=path.stat().st_size)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        blob = self.bucket.blob(self._key(key))
+        try:
+            blob.upload_from_string(data, checksum="crc32c")
+        except gexc.GoogleAPIError as error:
+            raise StoreError(f"{self.url}: cannot write {key!r}: {error}") from error
+        return ObjectInfo(key=key, size=len(data), etag=self._etag(blob))
+
+    def remove(self, key: str) -> bool:
+        try:
+            self.bucket.blob(self._key(key)).delete()
+        except gexc.NotFound:
+            return False
+        return True
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if missing (used by the embedded stack's seeding, not by migrations)."""
+        if self.client.lookup_bucket(self.bucket_name) is None:
+            self.client.create_bucket(self.bucket_name)

@@ -1,0 +1,130 @@
+"""Amazon S3 and S3-compatible stores through boto3 (`s3://bucket/prefix`)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from activities.stores.base import (
+    Capabilities,
+    ObjectInfo,
+    Store,
+    StoreError,
+    StoreSpec,
+    directory_prefix,
+    join_key,
+    safe_key,
+)
+
+_MiB = 1 << 20
+_GiB = 1 << 30
+_LOOPBACK = ("http://127.", "http://localhost", "http://[::1]")
+
+
+class S3Store(Store):
+    # Provider limits are data the transfer engine reads, not branches in it.
+    capabilities = Capabilities(
+        ranged_read=True,
+        server_side_copy=True,
+        multipart_writer=True,
+        max_single_copy_bytes=5 * _GiB,
+        max_parts=10_000,
+        min_part_bytes=5 * _MiB,
+    )
+
+    def __init__(self, spec: StoreSpec) -> None:
+        super().__init__(spec)
+        parsed = urlparse(spec.url)
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.client = self._client(spec)
+        self._transfer = TransferConfig(multipart_threshold=64 * _MiB, multipart_chunksize=64 * _MiB, max_concurrency=8)
+
+    @staticmethod
+    def _client(spec: StoreSpec):
+        session = boto3.Session(profile_name=spec.credentials) if spec.credentials else boto3.Session()
+        endpoint = spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3")
+        kwargs: dict = {}
+        if session.get_credentials() is None and endpoint and endpoint.startswith(_LOOPBACK):
+            # A local emulator accepts any signature; real endpoints never get these.
+            kwargs = {"aws_access_key_id": "skyshift-emulator", "aws_secret_access_key": "skyshift-emulator"}
+        return session.client(
+            "s3",
+            endpoint_url=spec.endpoint or None,
+            region_name=session.region_name or "us-east-1",
+            config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32),
+            **kwargs,
+        )
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, safe_key(key))
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = directory_prefix(self.prefix, prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(key=self._relative(item["Key"]), size=item["Size"], etag=item["ETag"].strip('"'))
+        except ClientError as error:
+            raise StoreError(f"{self.url}: cannot list: {error}") from error
+
+    def info(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StoreError(f"{self.url}: cannot stat {key!r}: {error}") from error
+        return ObjectInfo(key=key, size=head["ContentLength"], etag=head["ETag"].strip('"'))
+
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        kwargs = {}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)["Body"]
+        except ClientError as error:
+            raise StoreError(f"{self.url}: cannot read {key!r}: {error}") from error
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        # S3 publishes an object only when its PUT or CompleteMultipartUpload succeeds: atomic.
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
+        except (ClientError, boto3.exceptions.S3UploadFailedError) as error:
+            raise StoreError(f"{self.url}: cannot write {key!r}: {error}") from error
+        return self.info(key) or ObjectInfo(key=key, size=path.stat().st_size)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # lets S3 reject a damaged PUT
+        try:
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentMD5=md5)
+        except ClientError as error:
+            raise StoreError(f"{self.url}: cannot write {key!r}: {error}") from error
+        return ObjectInfo(key=key, size=len(data), etag=response["ETag"].strip('"'))
+
+    def remove(self, key: str) -> bool:
+        if self.info(key) is None:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        return True
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if missing (used by the embedded stack's seeding, not by migrations)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)

@@ -1,0 +1,104 @@
+"""Seeded training on an environment's own copy of the data: the parallel run's workload.
+
+Both environments train the same tiny next-byte model, with the same seed, on the first bytes of
+the same dataset object read from *their own* storage. Identical data and numerics give identical
+loss curves; a corrupted copy, a different kernel or a numerics drift shows up as divergence.
+"""
+
+from __future__ import annotations
+
+import time
+
+import blake3
+import torch
+from pydantic import BaseModel, Field
+from temporalio import activity
+
+from activities.stores import StoreSpec, open_store
+from activities.transfer.copy import list_workload
+
+CONTEXT = 8
+
+
+class TrainInput(BaseModel):
+    environment: str
+    store: StoreSpec
+    dataset_path: str
+    seed: int
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    sample_bytes: int = Field(ge=CONTEXT + 2)
+
+
+class TrainResult(BaseModel):
+    environment: str
+    object_key: str
+    data_blake3: str = Field(description="Digest of the bytes trained on")
+    losses: list[float]
+    grad_norms: list[float]
+    param_digest: str = Field(description="BLAKE3 of the final parameters, in order")
+    param_norm: float
+    seconds: float
+
+
+class _NextByte(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(256, 16)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(16 * CONTEXT, 128), torch.nn.Tanh(), torch.nn.Linear(128, 256))
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.embed(context).flatten(1))
+
+
+def train_on_bytes(
+    data: bytes, seed: int, steps: int, batch_size: int
+) -> tuple[list[float], list[float], torch.nn.Module]:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+    model = _NextByte()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses, norms = [], []
+    for _ in range(steps):
+        starts = torch.randint(0, len(tokens) - CONTEXT - 1, (batch_size,), generator=generator)
+        windows = torch.stack([tokens[s : s + CONTEXT + 1] for s in starts.tolist()])
+        loss = torch.nn.functional.cross_entropy(model(windows[:, :CONTEXT]), windows[:, CONTEXT])
+        optimizer.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e9)))
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses, norms, model
+
+
+@activity.defn
+def train_seeded(request: TrainInput) -> TrainResult:
+    started = time.monotonic()
+    store = open_store(request.store)
+    first = next(iter(list_workload(store, request.dataset_path)), None)
+    if first is None:
+        raise ValueError(f"{store.url}/{request.dataset_path}: no objects to train on")
+    data = store.read_bytes(first.key, 0, min(first.size, request.sample_bytes))
+    if len(data) < CONTEXT + 2:
+        raise ValueError(f"{store.url}/{first.key}: {len(data)} bytes is too little to train on")
+    # One thread: float reductions then happen in the same order on every machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses, norms, model = train_on_bytes(data, request.seed, request.steps, request.batch_size)
+    finally:
+        torch.set_num_threads(threads)
+    digest = blake3.blake3()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return TrainResult(
+        environment=request.environment,
+        object_key=first.key,
+        data_blake3=blake3.blake3(data).hexdigest(),
+        losses=losses,
+        grad_norms=norms,
+        param_digest=digest.hexdigest(),
+        param_norm=float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters()))),
+        seconds=round(time.monotonic() - started, 3),
+    )

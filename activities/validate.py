@@ -1,0 +1,296 @@
+"""Comparisons and verdicts: benchmarks, loss curves and live traffic windows, target vs source.
+
+Every verdict keeps the numbers it was based on (each `Check` has both sides, the observed
+difference and the threshold), so `status`, the Temporal UI and reports can explain a decision
+after the fact. Too little data is *inconclusive*, never *pass*; unreadable data is *error*.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from temporalio import activity
+
+from activities.bench import BenchResult
+from activities.metrics import EndpointSnapshot, Histogram, SideSnapshot
+from activities.training import TrainResult
+
+Outcome = Literal["pass", "fail", "inconclusive", "error"]
+_SEVERITY: dict[str, int] = {"pass": 0, "inconclusive": 1, "error": 2, "fail": 3}
+
+
+class Check(BaseModel):
+    metric: str
+    outcome: Outcome
+    source: float | None = None
+    target: float | None = None
+    observed: float | None = Field(None, description="The compared quantity, e.g. relative increase in %")
+    threshold: float | None = None
+    detail: str = ""
+
+
+class Verdict(BaseModel):
+    subject: str
+    outcome: Outcome
+    checks: list[Check]
+    summary: str
+
+
+def verdict(subject: str, checks: list[Check]) -> Verdict:
+    """The worst check decides: fail > error > inconclusive > pass."""
+    outcome: Outcome = max((c.outcome for c in checks), key=_SEVERITY.__getitem__, default="inconclusive")
+    deciding = [c for c in checks if c.outcome == outcome]
+    summary = (
+        "; ".join(f"{c.metric}: {c.detail}" for c in deciding) if outcome != "pass" else f"{len(checks)} checks passed"
+    )
+    return Verdict(subject=subject, outcome=outcome, checks=checks, summary=summary)
+
+
+def relative_change_pct(source: float, target: float) -> float:
+    if source == 0:
+        return 0.0 if target == 0 else math.inf
+    return (target - source) / abs(source) * 100
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+class CompareTrainingInput(BaseModel):
+    source: TrainResult
+    target: TrainResult
+    loss_divergence_pct: float
+
+
+def judge_training(request: CompareTrainingInput) -> Verdict:
+    s, t = request.source, request.target
+    limit = request.loss_divergence_pct
+    worst = max((abs(relative_change_pct(a, b)) for a, b in zip(s.losses, t.losses, strict=True)), default=math.inf)
+    checks = [
+        Check(
+            metric="loss_curve",
+            outcome="pass" if worst <= limit else "fail",
+            source=s.losses[-1],
+            target=t.losses[-1],
+            observed=round(worst, 6),
+            threshold=limit,
+            detail=f"largest per-step loss divergence {worst:.4g}% (allowed {limit}%)",
+        ),
+        Check(
+            metric="grad_norm_curve",
+            outcome="pass"
+            if max(abs(relative_change_pct(a, b)) for a, b in zip(s.grad_norms, t.grad_norms, strict=True)) <= limit
+            else "fail",
+            source=s.grad_norms[-1],
+            target=t.grad_norms[-1],
+            threshold=limit,
+            detail="gradient norms per step within the loss tolerance",
+        ),
+        Check(
+            metric="final_params",
+            outcome="pass" if abs(relative_change_pct(s.param_norm, t.param_norm)) <= limit else "fail",
+            source=s.param_norm,
+            target=t.param_norm,
+            observed=round(abs(relative_change_pct(s.param_norm, t.param_norm)), 6),
+            threshold=limit,
+            detail="bit-identical final tensors"
+            if s.param_digest == t.param_digest
+            else "final tensors differ bitwise",
+        ),
+        Check(
+            metric="training_data",
+            outcome="pass" if s.data_blake3 == t.data_blake3 else "fail",
+            detail="both sides trained on identical bytes"
+            if s.data_blake3 == t.data_blake3
+            else f"training bytes differ: {s.data_blake3[:12]} vs {t.data_blake3[:12]}",
+        ),
+    ]
+    return verdict("parallel_run", checks)
+
+
+@activity.defn
+def compare_training(request: CompareTrainingInput) -> Verdict:
+    return judge_training(request)
+
+
+# -- benchmarks --------------------------------------------------------------------------------
+
+
+class CompareBenchInput(BaseModel):
+    source: list[BenchResult]
+    target: list[BenchResult]
+    source_price_per_hour: float
+    target_price_per_hour: float
+    min_throughput_ratio: float
+    max_cost_ratio: float
+
+
+class PocComparison(BaseModel):
+    verdict: Verdict
+    throughput_ratio: float
+    source_cost_per_million_samples: float
+    target_cost_per_million_samples: float
+
+
+def _cost_per_million(price_per_hour: float, samples_per_s: float) -> float:
+    return price_per_hour / (samples_per_s * 3600) * 1e6 if samples_per_s > 0 else math.inf
+
+
+def judge_benchmarks(request: CompareBenchInput) -> PocComparison:
+    source = sorted(r.median_train_samples_per_s for r in request.source)[len(request.source) // 2]
+    target = sorted(r.median_train_samples_per_s for r in request.target)[len(request.target) // 2]
+    ratio = target / source if source else 0.0
+    source_cost = _cost_per_million(request.source_price_per_hour, source)
+    target_cost = _cost_per_million(request.target_price_per_hour, target)
+    cost_ratio = target_cost / source_cost if source_cost else math.inf
+    checks = [
+        Check(
+            metric="throughput",
+            outcome="pass" if ratio >= request.min_throughput_ratio else "fail",
+            source=round(source, 3),
+            target=round(target, 3),
+            observed=round(ratio, 4),
+            threshold=request.min_throughput_ratio,
+            detail=f"target trains at {ratio:.2f}x the source's samples/s (floor {request.min_throughput_ratio}x)",
+        ),
+        Check(
+            metric="cost_per_unit",
+            outcome="pass" if cost_ratio <= request.max_cost_ratio else "fail",
+            source=round(source_cost, 6),
+            target=round(target_cost, 6),
+            observed=round(cost_ratio, 4),
+            threshold=request.max_cost_ratio,
+            detail=f"USD per million samples: {target_cost:.4f} vs {source_cost:.4f} ({cost_ratio:.2f}x, ceiling "
+            f"{request.max_cost_ratio}x)",
+        ),
+    ]
+    return PocComparison(
+        verdict=verdict("poc", checks),
+        throughput_ratio=round(ratio, 4),
+        source_cost_per_million_samples=round(source_cost, 6),
+        target_cost_per_million_samples=round(target_cost, 6),
+    )
+
+
+@activity.defn
+def compare_benchmarks(request: CompareBenchInput) -> PocComparison:
+    return judge_benchmarks(request)
+
+
+# -- live traffic windows ----------------------------------------------------------------------
+
+
+class WindowThresholds(BaseModel):
+    latency_increase_pct: float
+    error_rate_increase_pp: float
+    min_samples: int
+
+
+class JudgeWindowInput(BaseModel):
+    stage: str
+    previous: list[EndpointSnapshot]
+    current: list[EndpointSnapshot]
+    thresholds: WindowThresholds
+
+
+def histogram_delta(before: Histogram | None, after: Histogram) -> Histogram:
+    if before is None or before.bounds != after.bounds:
+        return after
+    return Histogram(
+        bounds=after.bounds,
+        cumulative=[a - b for a, b in zip(after.cumulative, before.cumulative, strict=True)],
+        count=after.count - before.count,
+        sum=after.sum - before.sum,
+    )
+
+
+def quantile(histogram: Histogram, q: float) -> float:
+    """Prometheus-style histogram_quantile: linear interpolation inside the bucket holding rank q."""
+    total = histogram.cumulative[-1] if histogram.cumulative else 0
+    if total <= 0:
+        return math.nan
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(histogram.bounds, histogram.cumulative, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            span = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / span if span else 1)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _window(before: SideSnapshot | None, after: SideSnapshot) -> tuple[float, float, Histogram | None]:
+    requests = after.requests - (before.requests if before else 0)
+    errors = after.errors - (before.errors if before else 0)
+    latency = histogram_delta(before.latency if before else None, after.latency) if after.latency else None
+    return requests, errors, latency
+
+
+def judge_endpoint(
+    previous: EndpointSnapshot | None, current: EndpointSnapshot, limits: WindowThresholds
+) -> list[Check]:
+    name = current.endpoint
+    for side in ("source", "target"):
+        snapshot: SideSnapshot = getattr(current, side)
+        if not snapshot.ok:
+            return [
+                Check(metric=f"{name}.scrape", outcome="error", detail=f"{side} metrics unreadable: {snapshot.error}")
+            ]
+    s_req, s_err, s_lat = _window(previous.source if previous else None, current.source)
+    t_req, t_err, t_lat = _window(previous.target if previous else None, current.target)
+    if min(s_req, t_req) < limits.min_samples or s_lat is None or t_lat is None:
+        return [
+            Check(
+                metric=f"{name}.samples",
+                outcome="inconclusive",
+                source=s_req,
+                target=t_req,
+                threshold=limits.min_samples,
+                detail=f"{int(s_req)} source / {int(t_req)} target requests in the window; "
+                f"{limits.min_samples} a side needed",
+            )
+        ]
+    checks = []
+    for q in (0.5, 0.95, 0.99):
+        s_q, t_q = quantile(s_lat, q), quantile(t_lat, q)
+        increase = relative_change_pct(s_q, t_q)
+        checks.append(
+            Check(
+                metric=f"{name}.latency_p{round(q * 100)}",
+                outcome="pass" if increase <= limits.latency_increase_pct else "fail",
+                source=round(s_q * 1000, 3),
+                target=round(t_q * 1000, 3),
+                observed=round(increase, 2),
+                threshold=limits.latency_increase_pct,
+                detail=f"p{round(q * 100)} {t_q * 1000:.1f} ms vs {s_q * 1000:.1f} ms (+{increase:.1f}%, allowed "
+                f"+{limits.latency_increase_pct}%)",
+            )
+        )
+    s_rate, t_rate = s_err / s_req * 100, t_err / t_req * 100
+    checks.append(
+        Check(
+            metric=f"{name}.error_rate",
+            outcome="pass" if t_rate - s_rate <= limits.error_rate_increase_pp else "fail",
+            source=round(s_rate, 4),
+            target=round(t_rate, 4),
+            observed=round(t_rate - s_rate, 4),
+            threshold=limits.error_rate_increase_pp,
+            detail=f"{t_rate:.2f}% vs {s_rate:.2f}% errors ({t_rate - s_rate:+.2f} pp, allowed "
+            f"+{limits.error_rate_increase_pp} pp)",
+        )
+    )
+    return checks
+
+
+@activity.defn
+def judge_window(request: JudgeWindowInput) -> Verdict:
+    previous = {snapshot.endpoint: snapshot for snapshot in request.previous}
+    checks = [
+        check
+        for current in request.current
+        for check in judge_endpoint(previous.get(current.endpoint), current, request.thresholds)
+    ]
+    return verdict(f"cutover:{request.stage}", checks)

@@ -1,0 +1,117 @@
+"""Migration state and operator messages: what `status` returns and what survives continue-as-new."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey
+
+from workflows.plan import MigrationPlan
+from workflows.saga import Saga
+
+with workflow.unsafe.imports_passed_through():
+    from activities.assess import AssessReport
+    from activities.bench import BenchResult
+    from activities.metrics import EndpointSnapshot
+    from activities.transfer.archive import ReleaseResult
+    from activities.transfer.copy import CopyResult
+    from activities.validate import PocComparison, Verdict
+
+PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
+Phase = Literal["pending", "assess", "poc", "parallel_run", "cutover", "decommission", "rolling_back", "done"]
+Outcome = Literal["completed", "rolled_back", "stopped", "cancelled"]
+
+SA_PHASE = SearchAttributeKey.for_keyword("SkyshiftPhase")
+SA_TRAFFIC = SearchAttributeKey.for_int("SkyshiftTrafficPercent")
+SA_VERDICT = SearchAttributeKey.for_keyword("SkyshiftVerdict")
+SEARCH_ATTRIBUTES = (SA_PHASE, SA_TRAFFIC, SA_VERDICT)
+#: Verdicts kept in state; older ones remain in the audit log and history.
+MAX_VERDICTS = 20
+
+
+class ApproveInput(BaseModel):
+    stage: str = Field(description="The gate awaiting approval, as `status` shows it")
+    by: str = "operator"
+    note: str = ""
+
+
+class RollbackInput(BaseModel):
+    reason: str
+    by: str = "operator"
+
+
+class OperatorInput(BaseModel):
+    by: str = "operator"
+    note: str = ""
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    detail: str = ""
+
+
+class Gate(BaseModel):
+    stage: str
+    reason: str
+    opened_at: datetime
+
+
+class CutoverProgress(BaseModel):
+    stage_index: int = 0
+    stage_elapsed_s: float = 0
+    entered: bool = Field(False, description="Current stage's approval given and weights set")
+    previous: list[EndpointSnapshot] = Field(default_factory=list)
+    inconclusive_streak: int = 0
+
+
+class PocResult(BaseModel):
+    transfers: list[CopyResult] = Field(default_factory=list)
+    source_bench: list[BenchResult] = Field(default_factory=list)
+    target_bench: list[BenchResult] = Field(default_factory=list)
+    comparison: PocComparison | None = None
+
+
+class DecommissionResult(BaseModel):
+    final_sync: list[CopyResult] = Field(default_factory=list)
+    archived_objects: int = 0
+    verified_objects: int = 0
+    released: list[ReleaseResult] = Field(default_factory=list)
+
+
+class MigrationState(BaseModel):
+    migration_id: str
+    plan_name: str
+    phase: Phase = "pending"
+    next_phase: int = Field(0, description="Index into PHASES of the next phase to run")
+    stage: str | None = None
+    traffic_percent: int = 0
+    paused: bool = False
+    pending_gate: Gate | None = None
+    rollback_request: RollbackInput | None = None
+    point_of_no_return: bool = False
+    assessment: AssessReport | None = None
+    poc: PocResult = Field(default_factory=PocResult)
+    parallel_run: Verdict | None = None
+    cutover: CutoverProgress = Field(default_factory=CutoverProgress)
+    decommission: DecommissionResult = Field(default_factory=DecommissionResult)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    egress_bytes: int = 0
+    egress_cost_usd: float = 0
+    saga: Saga = Field(default_factory=Saga)
+    audit: list[AuditEntry] = Field(default_factory=list)
+    outcome: Outcome | None = None
+    outcome_reason: str = ""
+
+    @property
+    def last_verdict(self) -> Verdict | None:
+        return self.verdicts[-1] if self.verdicts else None
+
+
+class MigrationInput(BaseModel):
+    plan: MigrationPlan
+    resume: MigrationState | None = Field(None, description="Carried across continue-as-new")
