@@ -1,0 +1,1 @@
+"""The `skyshift` CLI operators use: start, approve, rollback, status, watch, dev, demo."""

@@ -1,0 +1,82 @@
+"""Human-readable views of a migration for the terminal."""
+
+from __future__ import annotations
+
+from workflows.state import MigrationState
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.3f} GB"
+
+
+def summary(state: MigrationState, ui_url: str | None = None) -> str:
+    lines = [f"migration {state.migration_id} ({state.plan_name})"]
+    lines.append(
+        f"  outcome:  {state.outcome or 'running'}{': ' + state.outcome_reason if state.outcome_reason else ''}"
+    )
+    lines.append(f"  phase:    {state.phase}" + (f", stage {state.stage}" if state.stage else ""))
+    lines.append(f"  traffic:  {state.traffic_percent}% to target")
+    if state.pending_gate:
+        lines.append(f"  waiting:  approve --stage {state.pending_gate.stage}  ({state.pending_gate.reason})")
+    if state.assessment:
+        a = state.assessment
+        lines.append(
+            f"  assess:   {a.total_objects} objects, {gb(a.total_bytes)}; projected egress ${a.egress_cost_usd:.4f}, "
+            f"{a.transfer_seconds:.1f}s at plan bandwidth; residency {'ok' if a.residency_ok else 'BREACH'}"
+        )
+        lines += [f"            ! {w}" for w in a.warnings]
+    for t in state.poc.transfers:
+        lines.append(
+            f"  copy:     {t.workload}: {t.objects_copied}/{t.objects_total} objects copied, {gb(t.bytes_copied)} "
+            f"in {t.seconds:.1f}s, BLAKE3 verified: {t.verified}"
+        )
+    for side, results in (("source", state.poc.source_bench), ("target", state.poc.target_bench)):
+        for r in results:
+            lines.append(
+                f"  bench:    {side} {r.environment} on {r.device} ({r.device_name}): "
+                f"{r.median_matmul_tflops:.3f} TFLOP/s "
+                f"matmul, {r.median_train_samples_per_s:,.0f} train samples/s (median of {len(r.trials)})"
+            )
+    if state.poc.comparison:
+        c = state.poc.comparison
+        lines.append(
+            f"  poc:      {c.verdict.outcome}: throughput {c.throughput_ratio:.2f}x, USD per million samples "
+            f"{c.target_cost_per_million_samples:.4f} (target) vs {c.source_cost_per_million_samples:.4f} (source)"
+        )
+    if state.parallel_run:
+        lines.append(f"  parallel: {state.parallel_run.outcome}: {state.parallel_run.summary}")
+        lines += [f"            {c.metric}: {c.detail}" for c in state.parallel_run.checks]
+    windows = [v for v in state.verdicts if v.subject.startswith("cutover:")]
+    if windows:
+        counts = {o: sum(v.outcome == o for v in windows) for o in ("pass", "fail", "inconclusive", "error")}
+        lines.append(
+            f"  cutover:  {len(windows)} recent windows judged: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        )
+        last = windows[-1]
+        lines.append(f"            last ({last.subject}): {last.outcome}: {last.summary}")
+    d = state.decommission
+    if d.archived_objects or d.released:
+        released = sum(r.objects_deleted for r in d.released)
+        lines.append(
+            f"  decomm.:  archived {d.archived_objects} objects, verified {d.verified_objects} at target, "
+            f"released {released}"
+        )
+    lines.append(f"  egress:   {gb(state.egress_bytes)}, ${state.egress_cost_usd:.4f}")
+    if state.saga.completed:
+        lines.append("  undone:   " + "; ".join(state.saga.completed))
+    if ui_url:
+        lines.append(f"  UI:       {ui_url}")
+    return "\n".join(lines)
+
+
+def changes(state: MigrationState, previous: MigrationState | None) -> list[str]:
+    """One line per audit entry added since `previous`, plus traffic moves."""
+    seen = len(previous.audit) if previous else 0
+    lines = [f"[{e.at:%H:%M:%S}] {e.actor}: {e.action} {e.detail}".rstrip() for e in state.audit[seen:]]
+    if previous and previous.traffic_percent != state.traffic_percent:
+        lines.append(f"           traffic to target: {previous.traffic_percent}% → {state.traffic_percent}%")
+    if previous and state.verdicts and (not previous.verdicts or previous.verdicts[-1] != state.verdicts[-1]):
+        v = state.verdicts[-1]
+        lines.append(f"           verdict {v.subject}: {v.outcome}: {v.summary}")
+    return lines

@@ -1,0 +1,36 @@
+"""Which workflows and activities each kind of task queue serves."""
+
+from __future__ import annotations
+
+from activities.assess import inventory_storage, project_assessment
+from activities.bench import run_benchmark_activity
+from activities.metrics import scrape_endpoints
+from activities.traffic import read_traffic, route_traffic
+from activities.training import train_seeded
+from activities.transfer.archive import archive_workload, release_source, verify_archive
+from activities.transfer.copy import copy_workload, remove_created
+from activities.validate import compare_benchmarks, compare_training, judge_window
+from workflows.migration import MigrationWorkflow
+
+#: Work that must run where an environment's data and GPUs are.
+ENVIRONMENT_ACTIVITIES = [
+    inventory_storage,
+    copy_workload,
+    remove_created,
+    run_benchmark_activity,
+    train_seeded,
+    archive_workload,
+    verify_archive,
+    release_source,
+]
+#: Analysis, reports and traffic changes: anywhere with a view of both sides.
+CONTROL_ACTIVITIES = [
+    project_assessment,
+    compare_benchmarks,
+    compare_training,
+    judge_window,
+    scrape_endpoints,
+    route_traffic,
+    read_traffic,
+]
+CONTROL_WORKFLOWS = [MigrationWorkflow]
