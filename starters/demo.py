@@ -1,0 +1,210 @@
+"""`skyshift demo`: a whole migration on the embedded stack, S3 (source) → GCS (target).
+
+It starts the stack, seeds the source cloud with dataset shards and torch checkpoints, starts a
+worker per environment plus the control worker, serves the model on the source, routes generated
+load through the weighted router, and runs the lifecycle with short stages, approving each gate
+as an operator would. In the `regression` scenario the target turns 40% slower at the 25% stage
+and the workflow must roll itself back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import yaml
+
+from skyshift.runtime import connect, load_stack_env, state_dir
+from starters import devstack, operate, render
+from starters.load import LoadGenerator
+from starters.processes import ProcessGroup
+from starters.seed import ensure_bucket, seed_source
+from workflows.plan import MigrationPlan, parse_plan
+from workflows.state import MigrationState
+
+SOURCE_ENV, TARGET_ENV = "aws-us-east-1", "nebius-eu-north1"
+SOURCE_URL, TARGET_URL = "s3://skyshift-demo-src/ml", "gs://skyshift-demo-dst/ml"
+SERVED_CHECKPOINT = "checkpoints/tiny-mlp/model.pt"
+REGRESSION_STAGE = "25pct"
+LOAD_RPS = 150
+DEADLINE_S = 600
+
+
+def demo_plan(ports: dict[str, int]) -> dict[str, Any]:
+    """The plan the demo runs: real clouds' prices, a laptop's durations."""
+    endpoint = {
+        "name": "chat",
+        "source_url": f"http://127.0.0.1:{ports['source']}",
+        "target_url": f"http://127.0.0.1:{ports['target']}",
+    }
+    return {
+        "name": "demo-llm",
+        "source": SOURCE_ENV,
+        "target": TARGET_ENV,
+        "environments": [
+            {
+                "name": SOURCE_ENV, "provider": "aws", "region": "us-east-1", "storage": {"url": SOURCE_URL},
+                "compute": {"gpu_type": "A100-80GB", "gpu_count": 8, "price_per_gpu_hour": 4.10},
+                "egress_per_gb_usd": 0.09, "allowed_data_regions": ["us-east-1", "eu-north1"],
+            },
+            {
+                "name": TARGET_ENV, "provider": "nebius", "region": "eu-north1", "storage": {"url": TARGET_URL},
+                "compute": {"gpu_type": "H100-80GB", "gpu_count": 8, "price_per_gpu_hour": 2.95},
+                "egress_per_gb_usd": 0.0,
+            },
+        ],
+        "workloads": {
+            "datasets": [{"name": "tokens", "path": "datasets/tokens"}],
+            "checkpoints": [
+                {"name": "tiny-mlp", "path": "checkpoints/tiny-mlp"},
+                {"name": "encoder", "path": "checkpoints/encoder"},
+            ],
+            "endpoints": [endpoint],
+            "router": {"kind": "http", "admin_url": f"http://127.0.0.1:{ports['router']}"},
+        },
+        "thresholds": {"min_samples": 50},
+        "cutover": {
+            "monitor_interval": "6s",
+            "stages": [
+                {"percent": 10, "duration": "12s", "approval": True},
+                {"percent": 25, "duration": "12s"},
+                {"percent": 50, "duration": "12s"},
+                {"percent": 100, "duration": "6s"},
+            ],
+        },
+        "bench": {"trials": 3, "matrix_size": 512},
+        "parallel_run": {"steps": 40},
+        "decommission": {"delete_source": True},
+        "egress_budget_usd": 1.0,
+        "soak_period": "3s",
+    }  # fmt: skip
+
+
+class DemoOperator:
+    """Plays the operator: deploys the target once its checkpoint has arrived, approves gates,
+    and in the regression scenario degrades the target mid-cutover."""
+
+    def __init__(self, plan: MigrationPlan, procs: ProcessGroup, ports: dict[str, int], scenario: str, say) -> None:
+        self.plan, self.procs, self.ports, self.scenario, self.say = plan, procs, ports, scenario, say
+        self.load: LoadGenerator | None = None
+        self.injected = False
+
+    def deploy_target(self) -> None:
+        self.say(f"deploying the model on {TARGET_ENV} from its migrated checkpoint {TARGET_URL}/{SERVED_CHECKPOINT}")
+        self.procs.spawn(
+            "endpoint-target", "workers.endpoint", "--env", TARGET_ENV, "--port", str(self.ports["target"]),
+            "--store", TARGET_URL, "--checkpoint", SERVED_CHECKPOINT,
+        )  # fmt: skip
+        self.procs.wait_http("endpoint-target", f"http://127.0.0.1:{self.ports['target']}/healthz")
+        self.load = LoadGenerator(f"http://127.0.0.1:{self.ports['router']}", rate=LOAD_RPS, max_seconds=DEADLINE_S)
+        self.load.start()
+        self.say(f"generating {LOAD_RPS} requests/s through the router")
+
+    def degrade_target(self) -> None:
+        body = json.dumps({"latency_factor": 1.4}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.ports['target']}/-/faults", data=body, method="PUT")
+        urllib.request.urlopen(request, timeout=5).close()
+        self.injected = True
+        self.say(f"scenario regression: the target endpoint is now 40% slower (stage {REGRESSION_STAGE})")
+
+    async def act(self, client, workflow_id: str, state: MigrationState) -> None:
+        self.procs.check()
+        if self.scenario == "regression" and state.stage == REGRESSION_STAGE and not self.injected:
+            self.degrade_target()
+        gate = state.pending_gate
+        if gate is None:
+            return
+        if gate.stage == "poc" and self.load is None:
+            self.deploy_target()
+        await operate.approve(client, workflow_id, gate.stage, by="skyshift-demo", note="auto-approved by the demo")
+
+
+async def _operate(plan: MigrationPlan, operator: DemoOperator, say) -> MigrationState:
+    client = await connect()
+    handle = await operate.start_migration(client, plan)
+    say(f"started migration {handle.id}")
+
+    def show(state: MigrationState, previous: MigrationState | None) -> None:
+        for line in render.changes(state, previous):
+            say(line)
+
+    return await asyncio.wait_for(
+        operate.follow(client, handle.id, show, interval=0.5,
+                       on_tick=lambda state: operator.act(client, handle.id, state)),
+        timeout=DEADLINE_S,
+    )  # fmt: skip
+
+
+def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(
+            f"[{time.monotonic() - started:6.1f}s] {message}",
+            file=sys.stderr if json_output else sys.stdout,
+            flush=True,
+        )
+
+    _, fresh = devstack.up()
+    load_stack_env()
+    say(("started" if fresh else "reusing") + " the embedded stack: " + devstack.status()["env_file"])
+    sizes = seed_source(SOURCE_URL, cache=state_dir() / "demo-data")
+    ensure_bucket(TARGET_URL)
+    say(f"seeded the source cloud {SOURCE_URL}: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
+
+    ports = {name: devstack.free_port() for name in ("source", "target", "router")}
+    plan = parse_plan(demo_plan(ports), source="demo plan")
+    plan_file = state_dir() / "demo-plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
+    say(f"plan: {plan_file}")
+
+    with ProcessGroup() as procs:
+        for env in (SOURCE_ENV, TARGET_ENV):
+            procs.spawn(f"worker-{env}", "workers.main", "--env", env)
+        procs.spawn("worker-control", "workers.main", "--control")
+        procs.spawn("endpoint-source", "workers.endpoint", "--env", SOURCE_ENV, "--port", str(ports["source"]),
+                    "--store", SOURCE_URL, "--checkpoint", SERVED_CHECKPOINT)  # fmt: skip
+        procs.spawn("router", "workers.router", "--port", str(ports["router"]),
+                    "--source", f"http://127.0.0.1:{ports['source']}", "--target", f"http://127.0.0.1:{ports['target']}",
+                    "--state", str(state_dir() / "router-weights.json"))  # fmt: skip
+        (state_dir() / "router-weights.json").unlink(missing_ok=True)
+        procs.wait_http("endpoint-source", f"http://127.0.0.1:{ports['source']}/healthz")
+        procs.wait_http("router", f"http://127.0.0.1:{ports['router']}/-/weights")
+        say("workers, source endpoint and router are up")
+        operator = DemoOperator(plan, procs, ports, scenario, say)
+        try:
+            state = asyncio.run(_operate(plan, operator, say))
+        finally:
+            load = operator.load.stop() if operator.load else {}
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['router']}/-/weights", timeout=5) as response:
+            weights = json.loads(response.read())
+
+    ui = f"{devstack.status()['ui']}/namespaces/default/workflows/{state.migration_id}"
+    failed = sum(n for k, n in load.items() if not k.startswith(("ok", "backend_")))
+    expected = "completed" if scenario == "ok" else "rolled_back"
+    if json_output:
+        print(json.dumps({"scenario": scenario, "outcome": state.outcome, "router_weights": weights, "load": load,
+                          "seconds": round(time.monotonic() - started, 1), "ui": ui,
+                          "state": state.model_dump(mode="json")}))  # fmt: skip
+    else:
+        print()
+        print(render.summary(state, ui))
+        print(f"  router:   source {weights['source']}% / target {weights['target']}%")
+        print(f"  load:     {load.get('ok', 0)} requests ok, {failed} failed; served by source "
+              f"{load.get('backend_source', 0)}, target {load.get('backend_target', 0)}")  # fmt: skip
+        if state.outcome == "rolled_back":
+            trigger = state.rollback_request
+            print(f"  rollback: triggered by {trigger.by if trigger else '?'}: {trigger.reason if trigger else ''}")
+        print(
+            f"  took {time.monotonic() - started:.0f}s; the stack keeps running for the UI "
+            "(`skyshift dev down` stops it)"
+        )
+    if scenario == "ok":
+        return 0 if state.outcome == expected else 1
+    # The regression scenario succeeds as a demonstration when the migration rolled itself back,
+    # but the migration itself failed, and the exit code says so.
+    return 1
