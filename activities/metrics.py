@@ -34,9 +34,9 @@ class EndpointPair(BaseModel):
 
 
 class Histogram(BaseModel):
-    bounds: list[float] = Field(description="Upper bounds, ascending, +Inf last")
+    bounds: list[float] = Field(description="Finite upper bounds, ascending (+Inf is implied by count)")
     cumulative: list[float]
-    count: float
+    count: float = Field(description="All observations, including those above the last bound")
     sum: float
 
 
@@ -72,7 +72,8 @@ def parse_metrics(url: str, text: str) -> SideSnapshot:
                 errors += sample.value
             elif sample.name == f"{LATENCY}_bucket":
                 bound = float(sample.labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+                if bound != float("inf"):  # JSON has no infinity; `count` carries that bucket
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
             elif sample.name == f"{LATENCY}_count":
                 count += sample.value
             elif sample.name == f"{LATENCY}_sum":

@@ -187,11 +187,27 @@ class WindowThresholds(BaseModel):
     min_samples: int
 
 
+class SideWindow(BaseModel):
+    """One side's traffic within one window: the difference of two scrapes."""
+
+    requests: float
+    errors: float
+    latency: Histogram | None
+
+
 class JudgeWindowInput(BaseModel):
     stage: str
     previous: list[EndpointSnapshot]
     current: list[EndpointSnapshot]
     thresholds: WindowThresholds
+    baselines: dict[str, SideWindow] = Field(
+        default_factory=dict, description="Per endpoint, the source's last window with enough samples"
+    )
+
+
+class WindowJudgement(BaseModel):
+    verdict: Verdict
+    baselines: dict[str, SideWindow]
 
 
 def histogram_delta(before: Histogram | None, after: Histogram) -> Histogram:
@@ -207,55 +223,70 @@ def histogram_delta(before: Histogram | None, after: Histogram) -> Histogram:
 
 def quantile(histogram: Histogram, q: float) -> float:
     """Prometheus-style histogram_quantile: linear interpolation inside the bucket holding rank q."""
-    total = histogram.cumulative[-1] if histogram.cumulative else 0
-    if total <= 0:
+    if histogram.count <= 0:
         return math.nan
-    rank = q * total
+    rank = q * histogram.count
     lower_bound, lower_count = 0.0, 0.0
     for bound, count in zip(histogram.bounds, histogram.cumulative, strict=True):
         if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
             span = count - lower_count
             return lower_bound + (bound - lower_bound) * ((rank - lower_count) / span if span else 1)
         lower_bound, lower_count = bound, count
-    return lower_bound
+    return lower_bound  # rank falls in the +Inf bucket: the last finite bound, as Prometheus does
 
 
-def _window(before: SideSnapshot | None, after: SideSnapshot) -> tuple[float, float, Histogram | None]:
-    requests = after.requests - (before.requests if before else 0)
-    errors = after.errors - (before.errors if before else 0)
-    latency = histogram_delta(before.latency if before else None, after.latency) if after.latency else None
-    return requests, errors, latency
+def side_window(before: SideSnapshot | None, after: SideSnapshot) -> SideWindow:
+    return SideWindow(
+        requests=after.requests - (before.requests if before else 0),
+        errors=after.errors - (before.errors if before else 0),
+        latency=histogram_delta(before.latency if before else None, after.latency) if after.latency else None,
+    )
 
 
 def judge_endpoint(
-    previous: EndpointSnapshot | None, current: EndpointSnapshot, limits: WindowThresholds
-) -> list[Check]:
+    previous: EndpointSnapshot | None, current: EndpointSnapshot, limits: WindowThresholds, baseline: SideWindow | None
+) -> tuple[list[Check], SideWindow | None]:
+    """Checks for one endpoint, and the source baseline to keep for the next window.
+
+    When the source is idle (100% of traffic on the target), the target is compared with the
+    source's last window that had enough samples, so the final stage is still judged.
+    """
     name = current.endpoint
     for side in ("source", "target"):
         snapshot: SideSnapshot = getattr(current, side)
         if not snapshot.ok:
-            return [
-                Check(metric=f"{name}.scrape", outcome="error", detail=f"{side} metrics unreadable: {snapshot.error}")
-            ]
-    s_req, s_err, s_lat = _window(previous.source if previous else None, current.source)
-    t_req, t_err, t_lat = _window(previous.target if previous else None, current.target)
-    if min(s_req, t_req) < limits.min_samples or s_lat is None or t_lat is None:
-        return [
-            Check(
-                metric=f"{name}.samples",
-                outcome="inconclusive",
-                source=s_req,
-                target=t_req,
-                threshold=limits.min_samples,
-                detail=f"{int(s_req)} source / {int(t_req)} target requests in the window; "
-                f"{limits.min_samples} a side needed",
+            check = Check(
+                metric=f"{name}.scrape", outcome="error", detail=f"{side} metrics unreadable: {snapshot.error}"
             )
-        ]
+            return [check], baseline
+    source = side_window(previous.source if previous else None, current.source)
+    target = side_window(previous.target if previous else None, current.target)
+    note = ""
+    if source.requests >= limits.min_samples and source.latency is not None:
+        baseline = source
+    elif baseline is not None:
+        source, note = baseline, " (source idle: its last full window)"
+    if min(source.requests, target.requests) < limits.min_samples or source.latency is None or target.latency is None:
+        check = Check(
+            metric=f"{name}.samples",
+            outcome="inconclusive",
+            source=source.requests,
+            target=target.requests,
+            threshold=limits.min_samples,
+            detail=f"{int(source.requests)} source / {int(target.requests)} target requests in the window; "
+            f"{limits.min_samples} a side needed",
+        )
+        return [check], baseline
+    return [*_latency_checks(name, source.latency, target.latency, limits, note),
+            _error_check(name, source, target, limits, note)], baseline  # fmt: skip
+
+
+def _latency_checks(
+    name: str, source: Histogram, target: Histogram, limits: WindowThresholds, note: str
+) -> list[Check]:
     checks = []
     for q in (0.5, 0.95, 0.99):
-        s_q, t_q = quantile(s_lat, q), quantile(t_lat, q)
+        s_q, t_q = quantile(source, q), quantile(target, q)
         increase = relative_change_pct(s_q, t_q)
         checks.append(
             Check(
@@ -265,32 +296,36 @@ def judge_endpoint(
                 target=round(t_q * 1000, 3),
                 observed=round(increase, 2),
                 threshold=limits.latency_increase_pct,
-                detail=f"p{round(q * 100)} {t_q * 1000:.1f} ms vs {s_q * 1000:.1f} ms (+{increase:.1f}%, allowed "
+                detail=f"p{round(q * 100)} {t_q * 1000:.1f} ms vs {s_q * 1000:.1f} ms{note} ({increase:+.1f}%, allowed "
                 f"+{limits.latency_increase_pct}%)",
             )
         )
-    s_rate, t_rate = s_err / s_req * 100, t_err / t_req * 100
-    checks.append(
-        Check(
-            metric=f"{name}.error_rate",
-            outcome="pass" if t_rate - s_rate <= limits.error_rate_increase_pp else "fail",
-            source=round(s_rate, 4),
-            target=round(t_rate, 4),
-            observed=round(t_rate - s_rate, 4),
-            threshold=limits.error_rate_increase_pp,
-            detail=f"{t_rate:.2f}% vs {s_rate:.2f}% errors ({t_rate - s_rate:+.2f} pp, allowed "
-            f"+{limits.error_rate_increase_pp} pp)",
-        )
-    )
     return checks
 
 
+def _error_check(name: str, source: SideWindow, target: SideWindow, limits: WindowThresholds, note: str) -> Check:
+    s_rate, t_rate = source.errors / source.requests * 100, target.errors / target.requests * 100
+    return Check(
+        metric=f"{name}.error_rate",
+        outcome="pass" if t_rate - s_rate <= limits.error_rate_increase_pp else "fail",
+        source=round(s_rate, 4),
+        target=round(t_rate, 4),
+        observed=round(t_rate - s_rate, 4),
+        threshold=limits.error_rate_increase_pp,
+        detail=f"{t_rate:.2f}% vs {s_rate:.2f}% errors{note} ({t_rate - s_rate:+.2f} pp, allowed "
+        f"+{limits.error_rate_increase_pp} pp)",
+    )
+
+
 @activity.defn
-def judge_window(request: JudgeWindowInput) -> Verdict:
+def judge_window(request: JudgeWindowInput) -> WindowJudgement:
     previous = {snapshot.endpoint: snapshot for snapshot in request.previous}
-    checks = [
-        check
-        for current in request.current
-        for check in judge_endpoint(previous.get(current.endpoint), current, request.thresholds)
-    ]
-    return verdict(f"cutover:{request.stage}", checks)
+    checks, baselines = [], dict(request.baselines)
+    for current in request.current:
+        endpoint_checks, baseline = judge_endpoint(
+            previous.get(current.endpoint), current, request.thresholds, baselines.get(current.endpoint)
+        )
+        checks += endpoint_checks
+        if baseline is not None:
+            baselines[current.endpoint] = baseline
+    return WindowJudgement(verdict=verdict(f"cutover:{request.stage}", checks), baselines=baselines)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from skyshift.runtime import connect, load_stack_env, temporal_address
 from workflows.plan import PlanError
@@ -325,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skyshift: {error}", file=sys.stderr)
         return EXIT_FAILED
     except RPCError as error:
-        print(f"skyshift: Temporal refused: {error.message}", file=sys.stderr)
+        hint = ""
+        if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            hint = " (no worker answered: is `skyshift worker --control` running against this server?)"
+        elif error.status == RPCStatusCode.NOT_FOUND:
+            hint = " (check the migration id with `skyshift list`)"
+        print(f"skyshift: Temporal: {error.message}{hint}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 class LoadGenerator:
     """`threads` clients sharing a request rate; stops by itself after `max_seconds`."""
 
-    def __init__(self, url: str, rate: float, threads: int = 4, max_seconds: float = 600) -> None:
+    def __init__(self, url: str, rate: float, threads: int = 8, max_seconds: float = 600) -> None:
         self.url = urlsplit(url)
         self.interval = threads / rate
         self.threads_count = threads

@@ -15,7 +15,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.metrics import ScrapeInput, scrape_endpoints
     from activities.traffic import RouteInput, route_traffic
-    from activities.validate import JudgeWindowInput, Verdict, WindowThresholds, judge_window
+    from activities.validate import JudgeWindowInput, WindowThresholds, judge_window
     from workflows.plan import CONTROL_TASK_QUEUE, Stage
     from workflows.saga import Compensation
     from workflows.state import MAX_VERDICTS, SA_TRAFFIC, SA_VERDICT
@@ -102,7 +102,7 @@ class StagedCutover:
     async def _judge(self, stage: Stage) -> None:
         thresholds = self.plan.thresholds
         current = await self._scrape()
-        verdict: Verdict = await workflow.execute_activity(
+        judgement = await workflow.execute_activity(
             judge_window,
             JudgeWindowInput(
                 stage=stage.name,
@@ -113,12 +113,15 @@ class StagedCutover:
                     error_rate_increase_pp=thresholds.error_rate_increase_pp,
                     min_samples=thresholds.min_samples,
                 ),
+                baselines=self.state.cutover.baselines,
             ),
             task_queue=CONTROL_TASK_QUEUE,
             start_to_close_timeout=QUICK,
             summary=f"judge window at {stage.name}",
         )
+        verdict = judgement.verdict
         self.state.cutover.previous = current
+        self.state.cutover.baselines = judgement.baselines
         self.state.verdicts = [*self.state.verdicts, verdict][-MAX_VERDICTS:]
         workflow.upsert_search_attributes([SA_VERDICT.value_set(verdict.outcome)])
         self._details()

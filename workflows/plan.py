@@ -29,9 +29,11 @@ def task_queue_for(environment: str) -> str:
 
 
 def parse_duration(value: Any) -> Any:
-    """Accept `90s`, `30m`, `24h`, `7d`, `1h30m` or a number of seconds; pass timedeltas through."""
+    """Accept `90s`, `30m`, `24h`, `7d`, `1h30m`, ISO 8601 (`PT24H`) or seconds; pass timedeltas through."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
+    if isinstance(value, str) and value.strip().upper().startswith("P"):
+        return value.strip()  # ISO 8601 (how pydantic serializes timedeltas): pydantic parses it
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         parts = _DURATION_PART.findall(text)

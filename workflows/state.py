@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.metrics import EndpointSnapshot
     from activities.transfer.archive import ReleaseResult
     from activities.transfer.copy import CopyResult
-    from activities.validate import PocComparison, Verdict
+    from activities.validate import PocComparison, SideWindow, Verdict
 
 PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
 Phase = Literal["pending", "assess", "poc", "parallel_run", "cutover", "decommission", "rolling_back", "done"]
@@ -67,6 +67,7 @@ class CutoverProgress(BaseModel):
     entered: bool = Field(False, description="Current stage's approval given and weights set")
     previous: list[EndpointSnapshot] = Field(default_factory=list)
     inconclusive_streak: int = 0
+    baselines: dict[str, SideWindow] = Field(default_factory=dict, description="Source's last full window")
 
 
 class PocResult(BaseModel):
