@@ -147,7 +147,16 @@ class Endpoint:
         return Handler
 
 
+def warm_up(model: torch.nn.Module, rounds: int = 20) -> None:
+    """Run inference before accepting traffic: a cold first call is ~100x slower and would be
+    judged as a latency regression of the whole deployment."""
+    with torch.inference_mode():
+        for _ in range(rounds):
+            model(torch.zeros(1, INPUTS))
+
+
 def serve(env: str, host: str, port: int, model: torch.nn.Module, service_ms: float) -> ThreadingHTTPServer:
+    warm_up(model)
     server = ThreadingHTTPServer((host, port), Endpoint(env, model, service_ms).handler())
     server.daemon_threads = True
     return server
