@@ -13,6 +13,7 @@ import blake3
 import torch
 from pydantic import BaseModel, Field
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.stores import StoreSpec, open_store
 from activities.transfer.copy import list_workload
@@ -24,6 +25,7 @@ class TrainInput(BaseModel):
     environment: str
     store: StoreSpec
     dataset_path: str
+    object_key: str | None = Field(None, description="Train on this object; default: the first one listed")
     seed: int
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -76,12 +78,21 @@ def train_on_bytes(
 def train_seeded(request: TrainInput) -> TrainResult:
     started = time.monotonic()
     store = open_store(request.store)
-    first = next(iter(list_workload(store, request.dataset_path)), None)
-    if first is None:
-        raise ValueError(f"{store.url}/{request.dataset_path}: no objects to train on")
-    data = store.read_bytes(first.key, 0, min(first.size, request.sample_bytes))
+    if request.object_key is not None:
+        chosen = store.info(request.object_key)
+        if chosen is None:
+            raise ApplicationError(
+                f"{store.url}/{request.object_key}: missing on {request.environment}", non_retryable=True
+            )
+    else:
+        chosen = next(iter(list_workload(store, request.dataset_path)), None)
+        if chosen is None:
+            raise ApplicationError(f"{store.url}/{request.dataset_path}: no objects to train on", non_retryable=True)
+    data = store.read_bytes(chosen.key, 0, min(chosen.size, request.sample_bytes))
     if len(data) < CONTEXT + 2:
-        raise ValueError(f"{store.url}/{first.key}: {len(data)} bytes is too little to train on")
+        raise ApplicationError(
+            f"{store.url}/{chosen.key}: {len(data)} bytes is too little to train on", non_retryable=True
+        )
     # One thread: float reductions then happen in the same order on every machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -94,7 +105,7 @@ def train_seeded(request: TrainInput) -> TrainResult:
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     return TrainResult(
         environment=request.environment,
-        object_key=first.key,
+        object_key=chosen.key,
         data_blake3=blake3.blake3(data).hexdigest(),
         losses=losses,
         grad_norms=norms,

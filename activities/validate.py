@@ -63,47 +63,50 @@ class CompareTrainingInput(BaseModel):
     loss_divergence_pct: float
 
 
+def _worst_divergence_pct(source: list[float], target: list[float]) -> float:
+    if len(source) != len(target) or not source:
+        return math.inf
+    return max(abs(relative_change_pct(a, b)) for a, b in zip(source, target, strict=True))
+
+
+def _curve_check(metric: str, source: list[float], target: list[float], limit: float) -> Check:
+    worst = _worst_divergence_pct(source, target)
+    return Check(
+        metric=metric,
+        outcome="pass" if worst <= limit else "fail",
+        source=source[-1] if source else None,
+        target=target[-1] if target else None,
+        observed=round(worst, 6),
+        threshold=limit,
+        detail=f"largest per-step divergence {worst:.4g}% over {len(source)} steps (allowed {limit}%)",
+    )
+
+
 def judge_training(request: CompareTrainingInput) -> Verdict:
-    s, t = request.source, request.target
-    limit = request.loss_divergence_pct
-    worst = max((abs(relative_change_pct(a, b)) for a, b in zip(s.losses, t.losses, strict=True)), default=math.inf)
+    s, t, limit = request.source, request.target, request.loss_divergence_pct
+    params = abs(relative_change_pct(s.param_norm, t.param_norm))
+    same_data = s.data_blake3 == t.data_blake3 and s.object_key == t.object_key
     checks = [
-        Check(
-            metric="loss_curve",
-            outcome="pass" if worst <= limit else "fail",
-            source=s.losses[-1],
-            target=t.losses[-1],
-            observed=round(worst, 6),
-            threshold=limit,
-            detail=f"largest per-step loss divergence {worst:.4g}% (allowed {limit}%)",
-        ),
-        Check(
-            metric="grad_norm_curve",
-            outcome="pass"
-            if max(abs(relative_change_pct(a, b)) for a, b in zip(s.grad_norms, t.grad_norms, strict=True)) <= limit
-            else "fail",
-            source=s.grad_norms[-1],
-            target=t.grad_norms[-1],
-            threshold=limit,
-            detail="gradient norms per step within the loss tolerance",
-        ),
+        _curve_check("loss_curve", s.losses, t.losses, limit),
+        _curve_check("grad_norm_curve", s.grad_norms, t.grad_norms, limit),
         Check(
             metric="final_params",
-            outcome="pass" if abs(relative_change_pct(s.param_norm, t.param_norm)) <= limit else "fail",
+            outcome="pass" if params <= limit else "fail",
             source=s.param_norm,
             target=t.param_norm,
-            observed=round(abs(relative_change_pct(s.param_norm, t.param_norm)), 6),
+            observed=round(params, 6),
             threshold=limit,
-            detail="bit-identical final tensors"
-            if s.param_digest == t.param_digest
-            else "final tensors differ bitwise",
+            detail=(
+                "bit-identical final tensors" if s.param_digest == t.param_digest else "final tensors differ bitwise"
+            )
+            + f", parameter norm differs {params:.4g}%",
         ),
         Check(
             metric="training_data",
-            outcome="pass" if s.data_blake3 == t.data_blake3 else "fail",
-            detail="both sides trained on identical bytes"
-            if s.data_blake3 == t.data_blake3
-            else f"training bytes differ: {s.data_blake3[:12]} vs {t.data_blake3[:12]}",
+            outcome="pass" if same_data else "fail",
+            detail=f"both sides trained on identical bytes of {s.object_key}"
+            if same_data
+            else f"training bytes differ: {s.object_key} {s.data_blake3[:12]} vs {t.object_key} {t.data_blake3[:12]}",
         ),
     ]
     return verdict("parallel_run", checks)

@@ -195,18 +195,16 @@ class MigrationWorkflow(StagedCutover):
         dataset, spec = self.plan.workloads.datasets[0], self.plan.parallel_run
         results = []
         for env in (self.plan.source_env, self.plan.target_env):
+            # The target trains on exactly the object the source chose, read from its own copy.
+            request = TrainInput(
+                environment=env.name, store=env.storage, dataset_path=dataset.path,
+                object_key=results[0].object_key if results else None,
+                seed=spec.seed, steps=spec.steps, batch_size=spec.batch_size, sample_bytes=spec.sample_bytes,
+            )  # fmt: skip
             results.append(
                 await workflow.execute_activity(
                     train_seeded,
-                    TrainInput(
-                        environment=env.name,
-                        store=env.storage,
-                        dataset_path=dataset.path,
-                        seed=spec.seed,
-                        steps=spec.steps,
-                        batch_size=spec.batch_size,
-                        sample_bytes=spec.sample_bytes,
-                    ),
+                    request,
                     task_queue=env.task_queue,
                     start_to_close_timeout=timedelta(hours=2),
                     summary=f"seeded training on {env.name}'s copy of {dataset.name}",

@@ -1,0 +1,112 @@
+"""Plans, seeded stores and polling for the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from temporalio.client import WorkflowHandle
+
+from activities.stores import open_store
+from workflows.migration import MigrationWorkflow
+from workflows.plan import MigrationPlan, parse_plan
+from workflows.state import MigrationState
+
+
+def suffix() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def environments(tag: str, source_url: str, target_url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": f"src-{tag}", "provider": "aws", "region": "us-east-1", "storage": {"url": source_url},
+            "compute": {"gpu_type": "A100-80GB", "gpu_count": 8, "price_per_gpu_hour": 4.1},
+            "egress_per_gb_usd": 0.09, "allowed_data_regions": ["us-east-1", "eu-north1"],
+        },
+        {
+            "name": f"dst-{tag}", "provider": "nebius", "region": "eu-north1", "storage": {"url": target_url},
+            "compute": {"gpu_type": "H100-80GB", "gpu_count": 8, "price_per_gpu_hour": 2.95},
+            "egress_per_gb_usd": 0.0,
+        },
+    ]  # fmt: skip
+
+
+def plan_data(tag: str, source_url: str, target_url: str, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": f"t-{tag}",
+        "source": f"src-{tag}",
+        "target": f"dst-{tag}",
+        "environments": environments(tag, source_url, target_url),
+        "workloads": {
+            "datasets": [{"name": "corpus", "path": "datasets/corpus"}],
+            "checkpoints": [{"name": "model", "path": "checkpoints/model"}],
+        },
+        "thresholds": {"min_samples": 20, "inconclusive_limit": 3},
+        "cutover": {"monitor_interval": "1s", "stages": [{"percent": 20, "duration": "2s"}, {"percent": 100}]},
+        "bench": {"trials": 1, "matrix_size": 128, "device": "cpu"},
+        "parallel_run": {"steps": 8, "batch_size": 16, "sample_bytes": 65536},
+        "egress_budget_usd": 100,
+        "soak_period": "1s",
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def make_plan(tag: str, source_url: str, target_url: str, **overrides: Any) -> MigrationPlan:
+    return parse_plan(plan_data(tag, source_url, target_url, **overrides))
+
+
+def seed(url: str, objects: int = 4, size: int = 150_000) -> dict[str, bytes]:
+    """Write a small dataset and a checkpoint; return key → bytes."""
+    store = open_store(url)
+    written = {f"datasets/corpus/part-{i:03d}.bin": os.urandom(size) for i in range(objects)}
+    written["checkpoints/model/model.pt"] = os.urandom(20_000)
+    for key, data in written.items():
+        store.put_bytes(key, data)
+    return written
+
+
+async def wait_for(
+    handle: WorkflowHandle, predicate: Callable[[MigrationState], bool], timeout: float = 60, what: str = ""
+) -> MigrationState:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = await handle.query(MigrationWorkflow.status)
+        if predicate(state):
+            return state
+        await asyncio.sleep(0.2)
+    raise AssertionError(
+        f"timed out waiting for {what or predicate}: phase={state and state.phase} gate={state and state.pending_gate}"
+    )
+
+
+async def approve_gates(
+    handle: WorkflowHandle, stop: Callable[[MigrationState], bool], timeout: float = 90
+) -> MigrationState:
+    """Approve every gate as it opens until `stop(state)`; return that state."""
+    from workflows.state import ApproveInput
+
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = await handle.query(MigrationWorkflow.status)
+        if stop(state):
+            return state
+        if state.pending_gate is not None:
+            await handle.execute_update(
+                MigrationWorkflow.approve, ApproveInput(stage=state.pending_gate.stage, by="tester")
+            )
+        await asyncio.sleep(0.2)
+    raise AssertionError(
+        f"timed out approving gates: {state and state.model_dump_json(include={'phase', 'stage', 'traffic_percent', 'outcome', 'outcome_reason', 'audit'})}"
+    )
