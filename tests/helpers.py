@@ -107,6 +107,5 @@ async def approve_gates(
                 MigrationWorkflow.approve, ApproveInput(stage=state.pending_gate.stage, by="tester")
             )
         await asyncio.sleep(0.2)
-    raise AssertionError(
-        f"timed out approving gates: {state and state.model_dump_json(include={'phase', 'stage', 'traffic_percent', 'outcome', 'outcome_reason', 'audit'})}"
-    )
+    seen = state and state.model_dump_json(include={"phase", "stage", "traffic_percent", "outcome_reason", "audit"})
+    raise AssertionError(f"timed out approving gates: {seen}")
