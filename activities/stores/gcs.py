@@ -79,6 +79,7 @@ class GCSStore(Store):
         blob = self.bucket.blob(self._key(key))
         try:
             if start == 0 and end is None:
+                blob.reload()  # BlobReader is lazy: surface a missing object here, not on first read
                 return blob.open("rb", chunk_size=8 * _MiB)
             # Ranged reads are chunk-sized by construction, so holding one in memory is bounded.
             return io.BytesIO(blob.download_as_bytes(start=start, end=None if end is None else end - 1))

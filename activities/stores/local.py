@@ -51,15 +51,18 @@ class LocalStore(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self.root / safe_key(prefix.strip("/")) if prefix.strip("/") else self.root
-        if not base.is_dir():
-            return
-        # os.walk in sorted order keeps the listing a sorted stream, like the object stores'.
-        for directory, dirs, files in os.walk(base):
-            dirs.sort()
-            for name in sorted(files):
-                if name.startswith(".skyshift-tmp-"):
-                    continue
-                yield self._info(Path(directory) / name)
+        if base.is_dir():
+            yield from self._walk(base)
+
+    def _walk(self, directory: Path) -> Iterator[ObjectInfo]:
+        """Yield files in full-key order, as S3 and GCS list: a directory sorts as "name/"."""
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda e: e.name + "/" if e.is_dir() else e.name)
+        for entry in entries:
+            if entry.is_dir():
+                yield from self._walk(Path(entry.path))
+            elif not entry.name.startswith(".skyshift-tmp-"):
+                yield self._info(Path(entry.path))
 
     def _info(self, path: Path) -> ObjectInfo:
         stat = path.stat()

@@ -1,0 +1,79 @@
+"""One conformance suite for every storage backend: local files, S3 (moto), GCS (emulator)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from activities.stores import InvalidKeyError, Store, StoreError, StoreSpec, open_store, safe_key
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def store(request, tmp_path) -> Store:
+    if request.param == "local":
+        return open_store(f"file://{tmp_path}/root")
+    if request.param == "s3":
+        return open_store(f"s3://{request.getfixturevalue('s3_bucket')}/prefix/{uuid.uuid4().hex[:6]}")
+    return open_store(f"gs://{request.getfixturevalue('gcs_bucket')}/prefix")
+
+
+def test_put_info_read_and_ranged_read(store: Store):
+    data = bytes(range(256)) * 1000
+    info = store.put_bytes("a/b/object.bin", data)
+    assert info.size == len(data)
+    assert store.info("a/b/object.bin").size == len(data)
+    assert store.read_bytes("a/b/object.bin") == data
+    assert store.read_bytes("a/b/object.bin", 1000, 1300) == data[1000:1300]
+    assert store.read_bytes("a/b/object.bin", len(data) - 10) == data[-10:]
+
+
+def test_put_file_replaces_atomically_and_changes_the_etag(store: Store, tmp_path: Path):
+    source = tmp_path / "upload.bin"
+    source.write_bytes(b"one" * 1000)
+    first = store.put_file("k.bin", source)
+    source.write_bytes(b"two!" * 1000)
+    second = store.put_file("k.bin", source)
+    assert store.read_bytes("k.bin") == b"two!" * 1000
+    assert first.etag != second.etag and second.size == 4000
+
+
+def test_list_is_sorted_scoped_to_the_directory_and_relative(store: Store):
+    for key in ("d/b.bin", "d/a.bin", "d/sub/c.bin", "dx/not-me.bin", "top.bin"):
+        store.put_bytes(key, key.encode())
+    assert [o.key for o in store.list("d")] == ["d/a.bin", "d/b.bin", "d/sub/c.bin"]
+    assert [o.key for o in store.list()] == ["d/a.bin", "d/b.bin", "d/sub/c.bin", "dx/not-me.bin", "top.bin"]
+    assert list(store.list("nothing-here")) == []
+
+
+def test_remove_is_idempotent_and_missing_objects_are_clear_errors(store: Store):
+    store.put_bytes("gone.bin", b"x")
+    assert store.remove("gone.bin") is True
+    assert store.remove("gone.bin") is False
+    assert store.info("gone.bin") is None
+    with pytest.raises(StoreError):
+        store.read_bytes("never-existed.bin")
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/../../b", "/etc/passwd", "a\x00b", "a\\b", "a//b", "./a"])
+def test_keys_that_escape_the_root_are_refused(store: Store, key: str):
+    with pytest.raises(InvalidKeyError, match="refused object key"):
+        store.put_bytes(key, b"x")
+
+
+def test_capabilities_are_declared_as_data():
+    from activities.stores.s3 import S3Store
+
+    assert S3Store.capabilities.max_single_copy_bytes == 5 << 30
+    assert S3Store.capabilities.max_parts == 10_000 and S3Store.capabilities.min_part_bytes == 5 << 20
+
+
+def test_store_urls_are_validated():
+    assert safe_key("a/b.c") == "a/b.c"
+    with pytest.raises(ValueError, match="must start with one of"):
+        StoreSpec(url="ftp://host/x")
+    with pytest.raises(ValueError, match="bucket name of at least 3"):
+        StoreSpec(url="s3://ab/x")
