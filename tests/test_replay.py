@@ -18,9 +18,9 @@ from workflows.migration import MigrationWorkflow
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
-async def test_recorded_demo_history_replays(path: Path):
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
+@pytest.mark.parametrize("history", [WorkflowHistory.from_json(p.stem, p.read_text()) for p in HISTORIES],
+                         ids=[p.stem for p in HISTORIES])  # fmt: skip
+async def test_recorded_demo_history_replays(history: WorkflowHistory):
     replayer = Replayer(workflows=[MigrationWorkflow], data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
