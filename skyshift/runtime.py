@@ -8,6 +8,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
 
 #: Variables the embedded stack publishes; a value already in the environment always wins.
 STACK_VARIABLES = ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "AWS_ENDPOINT_URL_S3", "STORAGE_EMULATOR_HOST")
@@ -58,15 +59,28 @@ def temporal_namespace() -> str:
     return os.environ.get("TEMPORAL_NAMESPACE", "default")
 
 
+def tls_config() -> TLSConfig | bool:
+    """mTLS from TEMPORAL_TLS_CERT/TEMPORAL_TLS_KEY (file paths), plain TLS with an API key, else none."""
+    cert, key = os.environ.get("TEMPORAL_TLS_CERT"), os.environ.get("TEMPORAL_TLS_KEY")
+    if bool(cert) != bool(key):
+        raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY must be set together (paths to PEM files)")
+    if cert and key:
+        return TLSConfig(client_cert=Path(cert).read_bytes(), client_private_key=Path(key).read_bytes())
+    return bool(os.environ.get("TEMPORAL_API_KEY"))
+
+
 async def connect(address: str | None = None, namespace: str | None = None) -> Client:
     """Connect with the pydantic data converter and tracing, as every skyshift process must.
 
     Workflows and activities exchange pydantic models; a client built any other way would
-    decode them as plain dicts.
+    decode them as plain dicts. Temporal Cloud: set TEMPORAL_API_KEY, or TEMPORAL_TLS_CERT and
+    TEMPORAL_TLS_KEY; the secrets stay in the process environment, never in workflow inputs.
     """
     return await Client.connect(
         address or temporal_address(),
         namespace=namespace or temporal_namespace(),
+        api_key=os.environ.get("TEMPORAL_API_KEY") or None,
+        tls=tls_config(),
         data_converter=pydantic_data_converter,
         interceptors=[TracingInterceptor()],
     )

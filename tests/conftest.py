@@ -24,6 +24,14 @@ from temporalio.testing import WorkflowEnvironment
 from workflows.state import SEARCH_ATTRIBUTES
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state(tmp_path_factory) -> Iterator[Path]:
+    """Tests never read or write the developer's .skyshift/ (a running `skyshift dev up`)."""
+    home = tmp_path_factory.mktemp("skyshift-home")
+    os.environ["SKYSHIFT_HOME"] = str(home)
+    yield home
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
