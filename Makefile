@@ -23,6 +23,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The GPU/CPU benchmark suite on this machine (transfer benchmarks join it with the delta engine).
+bench: $(STAMP)
+	$(VENV)/bin/skyshift bench
+
 dev-up: $(STAMP)
 	$(VENV)/bin/skyshift dev up
 
