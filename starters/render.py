@@ -6,7 +6,11 @@ from workflows.state import MigrationState
 
 
 def gb(n: float) -> str:
-    return f"{n / 1e9:.3f} GB"
+    """Bytes in the unit that keeps three significant figures readable (decimal, as clouds bill)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:,.0f} {unit}"
+    return f"{int(n)} B"
 
 
 def summary(state: MigrationState, ui_url: str | None = None) -> str:
