@@ -77,3 +77,22 @@ def test_store_urls_are_validated():
         StoreSpec(url="ftp://host/x")
     with pytest.raises(ValueError, match="bucket name of at least 3"):
         StoreSpec(url="s3://ab/x")
+
+
+def test_multipart_write_is_invisible_until_complete_and_resumes_by_id(store: Store):
+    part = bytes(range(256)) * (5 * 4096 + 1)  # just over S3's 5 MiB part minimum
+    writer = store.open_multipart("big/object.bin")
+    first = writer.put_part(1, part)
+    assert store.info("big/object.bin") is None, "nothing is visible before complete"
+    resumed = store.open_multipart("big/object.bin", upload_id=writer.upload_id)
+    second = resumed.put_part(2, b"tail")
+    info = resumed.complete([first, second])
+    assert info.size == len(part) + 4 and store.read_bytes("big/object.bin") == part + b"tail"
+    assert [o.key for o in store.list("big")] == ["big/object.bin"], "no part is left behind"
+
+
+def test_aborted_multipart_leaves_nothing(store: Store):
+    writer = store.open_multipart("aborted.bin")
+    writer.put_part(1, b"x" * 1000)
+    writer.abort()
+    assert store.info("aborted.bin") is None and [o.key for o in store.list()] == []

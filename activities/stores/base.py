@@ -49,6 +49,29 @@ class ObjectInfo(BaseModel):
     etag: str | None = Field(None, description="Change detector only (S3 ETag, GCS crc32c+generation, mtime)")
 
 
+class PartInfo(BaseModel):
+    """One uploaded part of a multipart write; kept in heartbeats so an upload resumes anywhere."""
+
+    number: int = Field(ge=1)
+    size: int
+    token: str = Field(description="Provider's handle for the part (S3 ETag, GCS/local part key)")
+
+
+class PartWriter(abc.ABC):
+    """An object written in parts, invisible until `complete` publishes it atomically."""
+
+    upload_id: str
+
+    @abc.abstractmethod
+    def put_part(self, number: int, data: bytes) -> PartInfo: ...
+
+    @abc.abstractmethod
+    def complete(self, parts: list[PartInfo]) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None: ...
+
+
 class Capabilities(BaseModel):
     """Optional features a backend declares; the engine checks these and falls back."""
 
@@ -116,6 +139,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def remove(self, key: str) -> bool:
         """Delete the object; return False when it was already absent (idempotent)."""
+
+    @abc.abstractmethod
+    def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
+        """Start (or, given its id, resume) a multipart write of `key`."""
 
     def read_bytes(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         with self.open_read(key, start, end) as stream:

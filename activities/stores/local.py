@@ -6,12 +6,22 @@ import io
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from activities.stores.base import Capabilities, ObjectInfo, Store, StoreError, StoreSpec, safe_key
+from activities.stores.base import (
+    Capabilities,
+    ObjectInfo,
+    PartInfo,
+    PartWriter,
+    Store,
+    StoreError,
+    StoreSpec,
+    safe_key,
+)
 
 
 class _RangeReader(io.RawIOBase):
@@ -40,7 +50,7 @@ class _RangeReader(io.RawIOBase):
 
 
 class LocalStore(Store):
-    capabilities = Capabilities(ranged_read=True, server_side_copy=True)
+    capabilities = Capabilities(ranged_read=True, server_side_copy=True, multipart_writer=True)
 
     def __init__(self, spec: StoreSpec) -> None:
         super().__init__(spec)
@@ -111,3 +121,33 @@ class LocalStore(Store):
             return False
         path.unlink()
         return True
+
+    def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
+        return _LocalParts(self, key, upload_id)
+
+
+class _LocalParts(PartWriter):
+    """Parts are files under .skyshift/uploads/<id>/; `complete` concatenates and renames atomically."""
+
+    def __init__(self, store: LocalStore, key: str, upload_id: str | None) -> None:
+        self.store, self.key = store, safe_key(key)
+        self.upload_id = upload_id or uuid.uuid4().hex
+        self.directory = store.root / ".skyshift" / "uploads" / self.upload_id
+
+    def put_part(self, number: int, data: bytes) -> PartInfo:
+        token = f".skyshift/uploads/{self.upload_id}/{number:05d}"
+        self.store.put_bytes(token, data)
+        return PartInfo(number=number, size=len(data), token=token)
+
+    def complete(self, parts: list[PartInfo]) -> ObjectInfo:
+        def write(out: BinaryIO) -> None:
+            for part in sorted(parts, key=lambda p: p.number):
+                with open(self.store.root / part.token, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+
+        info = self.store._atomic_write(self.key, write)
+        self.abort()
+        return info
+
+    def abort(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -18,6 +18,8 @@ from botocore.exceptions import ClientError
 from activities.stores.base import (
     Capabilities,
     ObjectInfo,
+    PartInfo,
+    PartWriter,
     Store,
     StoreError,
     StoreSpec,
@@ -122,9 +124,47 @@ class S3Store(Store):
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         return True
 
+    def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
+        return _S3Multipart(self, key, upload_id)
+
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (used by the embedded stack's seeding, not by migrations)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
+
+
+class _S3Multipart(PartWriter):
+    """S3 multipart upload: parts >= 5 MiB but the last, published by CompleteMultipartUpload."""
+
+    def __init__(self, store: S3Store, key: str, upload_id: str | None) -> None:
+        self.store, self.key, self.full_key = store, key, store._key(key)
+        self.upload_id = (
+            upload_id or store.client.create_multipart_upload(Bucket=store.bucket, Key=self.full_key)["UploadId"]
+        )
+
+    def put_part(self, number: int, data: bytes) -> PartInfo:
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        response = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id,
+                                                 PartNumber=number, Body=data, ContentMD5=md5)  # fmt: skip
+        return PartInfo(number=number, size=len(data), token=response["ETag"])
+
+    def complete(self, parts: list[PartInfo]) -> ObjectInfo:
+        self.store.client.complete_multipart_upload(
+            Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.token}
+                                       for p in sorted(parts, key=lambda p: p.number)]},
+        )  # fmt: skip
+        info = self.store.info(self.key)
+        assert info is not None
+        return info
+
+    def abort(self) -> None:
+        try:
+            self.store.client.abort_multipart_upload(
+                Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
