@@ -7,8 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import StoreSpec, open_store
-from activities.transfer.copy import list_workload
+from activities.transfer.layout import user_objects
 
 #: Memory per device in GB. Data, not branches: add a row to support a new accelerator.
 GPU_MEMORY_GB: dict[str, float] = {
@@ -96,12 +97,13 @@ class AssessReport(BaseModel):
 
 
 @activity.defn
+@fail_fast_on_permanent_errors
 def inventory_storage(request: InventoryInput) -> Inventory:
     """Runs on the source worker so listing stays in-region."""
     store = open_store(request.store)
     items = []
     for name, kind, path in request.workloads:
-        objects = list_workload(store, path)
+        objects = list(user_objects(store, path))
         items.append(
             WorkloadInventory(name=name, kind=kind, path=path, objects=len(objects), bytes=sum(o.size for o in objects))
         )

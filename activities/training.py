@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import StoreSpec, open_store
-from activities.transfer.copy import list_workload
+from activities.transfer.layout import user_objects
 
 CONTEXT = 8
 
@@ -75,6 +76,7 @@ def train_on_bytes(
 
 
 @activity.defn
+@fail_fast_on_permanent_errors
 def train_seeded(request: TrainInput) -> TrainResult:
     started = time.monotonic()
     store = open_store(request.store)
@@ -85,7 +87,7 @@ def train_seeded(request: TrainInput) -> TrainResult:
                 f"{store.url}/{request.object_key}: missing on {request.environment}", non_retryable=True
             )
     else:
-        chosen = next(iter(list_workload(store, request.dataset_path)), None)
+        chosen = next(iter(user_objects(store, request.dataset_path)), None)
         if chosen is None:
             raise ApplicationError(f"{store.url}/{request.dataset_path}: no objects to train on", non_retryable=True)
     data = store.read_bytes(chosen.key, 0, min(chosen.size, request.sample_bytes))

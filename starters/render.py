@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from workflows.state import MigrationState
+from workflows.sync import SyncResult
 
 
 def gb(n: float) -> str:
@@ -11,6 +12,15 @@ def gb(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:,.0f} {unit}"
     return f"{int(n)} B"
+
+
+def transfer_line(t: SyncResult) -> str:
+    n = t.totals
+    return (
+        f"{t.path or t.source}: {n.objects_changed}/{n.objects_total} objects changed, "
+        f"{n.chunks_transferred}/{n.chunks_total} chunks sent ({gb(n.bytes_transferred)} of {gb(n.bytes_total)}), "
+        f"{n.chunks_reused} reused at the target; BLAKE3-verified: {t.verified}"
+    )
 
 
 def summary(state: MigrationState, ui_url: str | None = None) -> str:
@@ -30,10 +40,7 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
         )
         lines += [f"            ! {w}" for w in a.warnings]
     for t in state.poc.transfers:
-        lines.append(
-            f"  copy:     {t.workload}: {t.objects_copied}/{t.objects_total} objects copied, {gb(t.bytes_copied)} "
-            f"in {t.seconds:.1f}s, BLAKE3 verified: {t.verified}"
-        )
+        lines.append(f"  sync:     {transfer_line(t)}")
     for side, results in (("source", state.poc.source_bench), ("target", state.poc.target_bench)):
         for r in results:
             lines.append(

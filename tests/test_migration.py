@@ -54,8 +54,8 @@ async def test_happy_path_runs_every_phase_and_moves_the_workload(client, s3_buc
     assert final.traffic_percent == 100
 
     assert final.assessment.total_objects == len(written) and final.assessment.residency_ok
-    assert sum(t.objects_copied for t in final.poc.transfers) == len(written)
-    assert all(t.verified for t in final.poc.transfers)
+    assert sum(t.totals.objects_changed for t in final.poc.transfers) == len(written)
+    assert all(t.verified for t in final.poc.transfers) and final.egress_cost_usd > 0
     assert final.poc.source_bench[0].device == "cpu" and final.poc.target_bench[0].median_train_samples_per_s > 0
     assert final.parallel_run.outcome == "pass"
     windows = [v for v in final.verdicts if v.subject.startswith("cutover:")]
@@ -184,7 +184,7 @@ async def test_egress_over_budget_waits_for_approval(client, s3_bucket, gcs_buck
         state = await wait_for(handle, lambda s: s.pending_gate is not None and s.pending_gate.stage == "poc")
         await handle.signal(MigrationWorkflow.rollback, RollbackInput(reason="test over"))
         await handle.result()
-    assert sum(t.objects_copied for t in state.poc.transfers) == 5
+    assert sum(t.totals.objects_changed for t in state.poc.transfers) == 5
 
 
 async def test_corrupted_target_copy_fails_the_parallel_run_and_rolls_back(client, s3_bucket, gcs_bucket):

@@ -96,3 +96,11 @@ def test_aborted_multipart_leaves_nothing(store: Store):
     writer.put_part(1, b"x" * 1000)
     writer.abort()
     assert store.info("aborted.bin") is None and [o.key for o in store.list()] == []
+
+
+def test_listing_resumes_after_a_key(store: Store):
+    for key in ("p/a.bin", "p/b/c.bin", "p/b/d.bin", "p/e.bin"):
+        store.put_bytes(key, b"x")
+    assert [o.key for o in store.list("p", start_after="p/b/c.bin")] == ["p/b/d.bin", "p/e.bin"]
+    assert [o.key for o in store.list("p", start_after="p/a.bin")] == ["p/b/c.bin", "p/b/d.bin", "p/e.bin"]
+    assert list(store.list("p", start_after="p/e.bin")) == []

@@ -8,14 +8,17 @@ from activities.metrics import scrape_endpoints
 from activities.traffic import read_traffic, route_traffic
 from activities.training import train_seeded
 from activities.transfer.archive import archive_workload, release_source, verify_archive
-from activities.transfer.copy import copy_workload, remove_created
+from activities.transfer.ledger import remove_created
+from activities.transfer.sync import apply_range, fingerprint_range
 from activities.validate import compare_benchmarks, compare_training, judge_window
 from workflows.migration import MigrationWorkflow
+from workflows.sync import DatasetSyncWorkflow
 
 #: Work that must run where an environment's data and GPUs are.
 ENVIRONMENT_ACTIVITIES = [
     inventory_storage,
-    copy_workload,
+    fingerprint_range,
+    apply_range,
     remove_created,
     run_benchmark_activity,
     train_seeded,
@@ -33,4 +36,4 @@ CONTROL_ACTIVITIES = [
     route_traffic,
     read_traffic,
 ]
-CONTROL_WORKFLOWS = [MigrationWorkflow]
+CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow]

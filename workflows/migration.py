@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.bench import BenchInput, run_benchmark_activity
     from activities.training import TrainInput, train_seeded
     from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
-    from activities.transfer.copy import CopyInput, LedgerInput, copy_workload, ledger_key
+    from activities.transfer.ledger import LedgerInput, ledger_key
     from activities.validate import CompareBenchInput, CompareTrainingInput, compare_benchmarks, compare_training
     from workflows.cutover import StagedCutover
     from workflows.plan import CONTROL_TASK_QUEUE, Environment, MigrationPlan
@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         OperatorInput,
         RollbackInput,
     )
+    from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
 
 QUICK = timedelta(minutes=5)
 LONG = timedelta(hours=12)
@@ -151,7 +152,7 @@ class MigrationWorkflow(StagedCutover):
             )
 
     async def poc(self) -> None:
-        self.state.poc.transfers = list(await asyncio.gather(*(self._copy(w, p) for w, p in self._workloads())))
+        self.state.poc.transfers = list(await asyncio.gather(*(self._copy(w, p, "poc") for w, p in self._workloads())))
         bench = self.plan.bench
         for env, results in (
             (self.plan.source_env, self.state.poc.source_bench),
@@ -229,7 +230,7 @@ class MigrationWorkflow(StagedCutover):
         await self._wait(lambda: False, timeout=self.plan.soak_period, summary="soak at 100% before decommission")
         await self._gate("decommission", "archive and release the source: the last steps cannot be undone")
         result = self.state.decommission
-        result.final_sync = list(await asyncio.gather(*(self._copy(w, p) for w, p in self._workloads())))
+        result.final_sync = list(await asyncio.gather(*(self._copy(w, p, "final") for w, p in self._workloads())))
         for name, path in self._workloads():
             request = self._archive_input(name, path)
             archived = await self._on(self.plan.source_env, archive_workload, request, f"archive {name}")
@@ -315,7 +316,8 @@ class MigrationWorkflow(StagedCutover):
             summary=summary,
         )
 
-    async def _copy(self, name: str, path: str):
+    async def _copy(self, name: str, path: str, phase: str) -> SyncResult:
+        """Delta-sync one workload to the target as a child workflow; its undo is registered first."""
         source, target = self.plan.source_env, self.plan.target_env
         ledger = ledger_key(self.state.migration_id, name)
         if self.state.saga.register(
@@ -327,21 +329,14 @@ class MigrationWorkflow(StagedCutover):
             )
         ):
             self._audit("skyshift", "compensation_registered", f"delete {name} copies at {target.name}")
-        result = await self._on(
-            target,
-            copy_workload,
-            CopyInput(
-                migration_id=self.state.migration_id,
-                workload=name,
-                path=path,
-                source=source.storage,
-                target=target.storage,
-                source_env=source.name,
-                target_env=target.name,
-                egress_per_gb_usd=source.egress_per_gb_usd,
-            ),
-            f"copy {name} {source.name} → {target.name}",
-        )
+        result = await workflow.execute_child_workflow(
+            DatasetSyncWorkflow.run,
+            SyncInput(source=source.storage, target=target.storage, source_queue=source.task_queue,
+                      target_queue=target.task_queue, path=path, egress_per_gb_usd=source.egress_per_gb_usd,
+                      ledger_key=ledger),
+            id=f"{self.state.migration_id}-{phase}-sync-{name}",
+            static_summary=f"sync {name}: {source.name} → {target.name}",
+        )  # fmt: skip
         self.state.egress_bytes += result.egress_bytes
         self.state.egress_cost_usd = round(self.state.egress_cost_usd + result.egress_cost_usd, 6)
         self._details()

@@ -11,13 +11,13 @@ from temporalio.common import SearchAttributeKey
 
 from workflows.plan import MigrationPlan
 from workflows.saga import Saga
+from workflows.sync import SyncResult
 
 with workflow.unsafe.imports_passed_through():
     from activities.assess import AssessReport
     from activities.bench import BenchResult
     from activities.metrics import EndpointSnapshot
     from activities.transfer.archive import ReleaseResult
-    from activities.transfer.copy import CopyResult
     from activities.validate import PocComparison, SideWindow, Verdict
 
 PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
@@ -71,14 +71,14 @@ class CutoverProgress(BaseModel):
 
 
 class PocResult(BaseModel):
-    transfers: list[CopyResult] = Field(default_factory=list)
+    transfers: list[SyncResult] = Field(default_factory=list)
     source_bench: list[BenchResult] = Field(default_factory=list)
     target_bench: list[BenchResult] = Field(default_factory=list)
     comparison: PocComparison | None = None
 
 
 class DecommissionResult(BaseModel):
-    final_sync: list[CopyResult] = Field(default_factory=list)
+    final_sync: list[SyncResult] = Field(default_factory=list)
     archived_objects: int = 0
     verified_objects: int = 0
     released: list[ReleaseResult] = Field(default_factory=list)

@@ -13,11 +13,22 @@ SCHEMES = ("s3://", "gs://", "file://")
 
 
 class StoreError(RuntimeError):
-    """A store operation failed in a way the caller can explain to an operator."""
+    """A store operation failed in a way the caller can explain to an operator.
+
+    `permanent` errors (a missing bucket, denied access, a refused key) do not heal by retrying:
+    activities turn them into non-retryable failures instead of retrying forever.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class InvalidKeyError(StoreError, ValueError):
     """A key that would escape the store's root or is otherwise unusable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
 
 
 class StoreSpec(BaseModel):
@@ -117,8 +128,9 @@ class Store(abc.ABC):
         return self.spec.url
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield objects under prefix in key order, a page at a time (never the whole listing in memory)."""
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Yield objects under prefix in key order, a page at a time (never the whole listing in memory),
+        beginning after the key `start_after` when given."""
 
     @abc.abstractmethod
     def info(self, key: str) -> ObjectInfo | None:

@@ -66,16 +66,29 @@ class GCSStore(Store):
     def _etag(blob: storage.Blob) -> str:
         return f"{blob.crc32c}:{blob.generation}"
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         full = directory_prefix(self.prefix, prefix)
+        # start_offset is inclusive: the object named start_after itself is skipped below.
+        offset = self._key(start_after) if start_after else None
         try:
-            for blob in self.client.list_blobs(self.bucket_name, prefix=full or None, page_size=1000):
+            for blob in self.client.list_blobs(
+                self.bucket_name, prefix=full or None, page_size=1000, start_offset=offset
+            ):
+                if offset is not None and blob.name <= offset:
+                    continue
                 yield ObjectInfo(key=self._relative(blob.name), size=blob.size or 0, etag=self._etag(blob))
+        except (gexc.NotFound, gexc.Forbidden, gexc.Unauthorized) as error:
+            raise StoreError(
+                f"{self.url}: cannot list: {error.message} (check the bucket and access)", permanent=True
+            ) from error
         except gexc.GoogleAPIError as error:
             raise StoreError(f"{self.url}: cannot list: {error}") from error
 
     def info(self, key: str) -> ObjectInfo | None:
-        blob = self.bucket.get_blob(self._key(key))
+        try:
+            blob = self.bucket.get_blob(self._key(key))
+        except (gexc.Forbidden, gexc.Unauthorized) as error:
+            raise StoreError(f"{self.url}: cannot stat {key!r}: {error.message}", permanent=True) from error
         return None if blob is None else ObjectInfo(key=key, size=blob.size or 0, etag=self._etag(blob))
 
     def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:

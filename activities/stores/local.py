@@ -59,19 +59,22 @@ class LocalStore(Store):
     def _path(self, key: str) -> Path:
         return self.root / safe_key(key)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         base = self.root / safe_key(prefix.strip("/")) if prefix.strip("/") else self.root
         if base.is_dir():
-            yield from self._walk(base)
+            yield from self._walk(base, start_after)
 
-    def _walk(self, directory: Path) -> Iterator[ObjectInfo]:
-        """Yield files in full-key order, as S3 and GCS list: a directory sorts as "name/"."""
+    def _walk(self, directory: Path, start_after: str | None) -> Iterator[ObjectInfo]:
+        """Yield files in full-key order, as S3 and GCS list: a directory sorts as "name/".
+        Directories wholly before `start_after` are skipped without being read."""
         with os.scandir(directory) as scan:
             entries = sorted(scan, key=lambda e: e.name + "/" if e.is_dir() else e.name)
         for entry in entries:
+            key = Path(entry.path).relative_to(self.root).as_posix()
             if entry.is_dir():
-                yield from self._walk(Path(entry.path))
-            elif not entry.name.startswith(".skyshift-tmp-"):
+                if start_after is None or start_after < key + "/\uffff":
+                    yield from self._walk(Path(entry.path), start_after)
+            elif not entry.name.startswith(".skyshift-tmp-") and (start_after is None or key > start_after):
                 yield self._info(Path(entry.path))
 
     def _info(self, path: Path) -> ObjectInfo:

@@ -31,6 +31,15 @@ from activities.stores.base import (
 _MiB = 1 << 20
 _GiB = 1 << 30
 _LOOPBACK = ("http://127.", "http://localhost", "http://[::1]")
+#: Error codes no retry can fix: the operator must create the bucket or grant access.
+_PERMANENT = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+              "InvalidBucketName", "AccountProblem"}  # fmt: skip
+
+
+def _failure(url: str, action: str, error: ClientError) -> StoreError:
+    code = error.response.get("Error", {}).get("Code", "")
+    hint = " (create the bucket or fix the URL)" if code == "NoSuchBucket" else ""
+    return StoreError(f"{url}: cannot {action}: {code or error}{hint}", permanent=code in _PERMANENT)
 
 
 class S3Store(Store):
@@ -74,15 +83,16 @@ class S3Store(Store):
     def _relative(self, full_key: str) -> str:
         return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         full = directory_prefix(self.prefix, prefix)
         paginator = self.client.get_paginator("list_objects_v2")
+        extra = {"StartAfter": self._key(start_after)} if start_after else {}
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full, **extra):
                 for item in page.get("Contents", []):
                     yield ObjectInfo(key=self._relative(item["Key"]), size=item["Size"], etag=item["ETag"].strip('"'))
         except ClientError as error:
-            raise StoreError(f"{self.url}: cannot list: {error}") from error
+            raise _failure(self.url, "list", error) from error
 
     def info(self, key: str) -> ObjectInfo | None:
         try:
@@ -90,7 +100,7 @@ class S3Store(Store):
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise StoreError(f"{self.url}: cannot stat {key!r}: {error}") from error
+            raise _failure(self.url, f"stat {key!r}", error) from error
         return ObjectInfo(key=key, size=head["ContentLength"], etag=head["ETag"].strip('"'))
 
     def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
@@ -100,14 +110,18 @@ class S3Store(Store):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)["Body"]
         except ClientError as error:
-            raise StoreError(f"{self.url}: cannot read {key!r}: {error}") from error
+            raise _failure(self.url, f"read {key!r}", error) from error
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         # S3 publishes an object only when its PUT or CompleteMultipartUpload succeeds: atomic.
         try:
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
-        except (ClientError, boto3.exceptions.S3UploadFailedError) as error:
-            raise StoreError(f"{self.url}: cannot write {key!r}: {error}") from error
+        except ClientError as error:
+            raise _failure(self.url, f"write {key!r}", error) from error
+        except boto3.exceptions.S3UploadFailedError as error:
+            raise StoreError(
+                f"{self.url}: cannot write {key!r}: {error}", permanent="NoSuchBucket" in str(error)
+            ) from error
         return self.info(key) or ObjectInfo(key=key, size=path.stat().st_size)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
@@ -115,7 +129,7 @@ class S3Store(Store):
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentMD5=md5)
         except ClientError as error:
-            raise StoreError(f"{self.url}: cannot write {key!r}: {error}") from error
+            raise _failure(self.url, f"write {key!r}", error) from error
         return ObjectInfo(key=key, size=len(data), etag=response["ETag"].strip('"'))
 
     def remove(self, key: str) -> bool:

@@ -1,5 +1,6 @@
 """Moving objects between environments: copy, verify, archive and their compensations.
 
-Today objects move whole and are verified by BLAKE3; the FastCDC delta engine (issue 3) replaces
-the copy step behind the same activity interface.
+`chunking` and `manifest` fingerprint objects (FastCDC + BLAKE3), `delta` rebuilds changed objects
+from chunks the target already holds, `sync` runs it per key range, `ledger` records what a
+migration created so rollback can remove exactly that, `archive` does decommission's last steps.
 """

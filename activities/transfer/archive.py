@@ -14,9 +14,10 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import StoreSpec, join_key, open_store
-from activities.transfer.copy import INTERNAL_PREFIX, list_workload
 from activities.transfer.hashing import hash_object
+from activities.transfer.layout import INTERNAL_PREFIX, user_objects
 
 
 class ArchiveEntry(BaseModel):
@@ -64,11 +65,12 @@ def _read_manifest(store, key: str) -> list[ArchiveEntry]:
 
 
 @activity.defn
+@fail_fast_on_permanent_errors
 def archive_workload(request: ArchiveInput) -> ArchiveResult:
     """Source side: hash every object and write the manifest to the source and the target store."""
     source, target = open_store(request.source), open_store(request.target)
     entries = []
-    for obj in list_workload(source, request.path):
+    for obj in user_objects(source, request.path):
         digest, size = hash_object(source, obj.key)
         entries.append(ArchiveEntry(key=obj.key, size=size, blake3=digest))
         activity.heartbeat(len(entries))
@@ -82,6 +84,7 @@ def archive_workload(request: ArchiveInput) -> ArchiveResult:
 
 
 @activity.defn
+@fail_fast_on_permanent_errors
 def verify_archive(request: ArchiveInput) -> VerifyArchiveResult:
     """Target side: every archived object must be present with the same BLAKE3; else stop."""
     target = open_store(request.target)
@@ -101,6 +104,7 @@ def verify_archive(request: ArchiveInput) -> VerifyArchiveResult:
 
 
 @activity.defn
+@fail_fast_on_permanent_errors
 def release_source(request: ArchiveInput) -> ReleaseResult:
     """Source side, irreversible: delete source objects whose bytes still match the manifest."""
     source = open_store(request.source)
