@@ -114,6 +114,7 @@ def test_verify_archive_refuses_when_the_target_copy_differs(tmp_path):
 def test_a_source_key_that_would_escape_the_target_is_refused(s3_bucket, tmp_path):
     source, target = f"s3://{s3_bucket}/ml", f"file://{tmp_path}/dst"
     open_store(source).client.put_object(Bucket=s3_bucket, Key="ml/ds/../../../escape.bin", Body=b"x")
-    with pytest.raises(ValueError, match="refused object key"):
+    with pytest.raises(ApplicationError, match="refused object key") as refused:
         sync(source, target, "ds")
+    assert refused.value.non_retryable, "a key that escapes the destination must not be retried"
     assert not (tmp_path / "escape.bin").exists() and not any(tmp_path.rglob("escape.bin"))

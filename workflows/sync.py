@@ -34,6 +34,7 @@ class SyncInput(BaseModel):
     ledger_key: str | None = None
     batch_objects: int = Field(500, ge=1)
     batch_bytes: int = Field(8 << 30, ge=1)
+    heartbeat_timeout_s: int = Field(300, ge=1, description="A silent worker is presumed dead after this long")
     # Carried across continue-as-new:
     cursor: str | None = None
     totals: Totals = Field(default_factory=Totals)
@@ -76,7 +77,7 @@ class DatasetSyncWorkflow:
                            max_objects=request.batch_objects, max_bytes=request.batch_bytes),
                 task_queue=request.source_queue,
                 start_to_close_timeout=timedelta(hours=12),
-                heartbeat_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_s),
                 retry_policy=retry,
                 summary=f"fingerprint after {request.cursor or 'start'}",
             )  # fmt: skip
@@ -87,7 +88,7 @@ class DatasetSyncWorkflow:
                            dry_run=request.dry_run, ledger_key=request.ledger_key),
                 task_queue=request.target_queue,
                 start_to_close_timeout=timedelta(hours=12),
-                heartbeat_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_s),
                 retry_policy=retry,
                 summary=f"apply {scanned.objects} objects up to {scanned.last_key or 'end'}",
             )  # fmt: skip
