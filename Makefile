@@ -23,8 +23,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The GPU/CPU benchmark suite on this machine (transfer benchmarks join it with the delta engine).
+# Transfer engine vs rclone and rsync (installs them), then the GPU/CPU suite on this machine.
 bench: $(STAMP)
+	command -v rclone >/dev/null && command -v rsync >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq rclone rsync)
+	$(PY) -m bench.transfer
 	$(VENV)/bin/skyshift bench
 
 dev-up: $(STAMP)

@@ -15,6 +15,7 @@ from temporalio import activity
 
 from activities.bench import BenchResult
 from activities.metrics import EndpointSnapshot, Histogram, SideSnapshot
+from activities.stats import bin_counts, binomial_excess, mann_whitney_greater, two_proportion_greater
 from activities.training import TrainResult
 
 Outcome = Literal["pass", "fail", "inconclusive", "error"]
@@ -28,6 +29,10 @@ class Check(BaseModel):
     target: float | None = None
     observed: float | None = Field(None, description="The compared quantity, e.g. relative increase in %")
     threshold: float | None = None
+    p_value: float | None = Field(None, description="One-sided test that the target is worse")
+    effect_size: float | None = Field(None, description="e.g. P(target latency > source latency)")
+    confidence_interval: tuple[float, float] | None = None
+    dry_run: bool = Field(False, description="Judged and reported, never acted on")
     detail: str = ""
 
 
@@ -39,12 +44,15 @@ class Verdict(BaseModel):
 
 
 def verdict(subject: str, checks: list[Check]) -> Verdict:
-    """The worst check decides: fail > error > inconclusive > pass."""
-    outcome: Outcome = max((c.outcome for c in checks), key=_SEVERITY.__getitem__, default="inconclusive")
-    deciding = [c for c in checks if c.outcome == outcome]
-    summary = (
-        "; ".join(f"{c.metric}: {c.detail}" for c in deciding) if outcome != "pass" else f"{len(checks)} checks passed"
-    )
+    """The worst acting check decides: fail > error > inconclusive > pass. Dry-run checks only report."""
+    acting = [c for c in checks if not c.dry_run]
+    outcome: Outcome = max((c.outcome for c in acting), key=_SEVERITY.__getitem__, default="inconclusive")
+    deciding = [c for c in acting if c.outcome == outcome]
+    passed = f"{len(acting)} checks passed"
+    summary = "; ".join(f"{c.metric}: {c.detail}" for c in deciding) if outcome != "pass" else passed
+    shadow = [c for c in checks if c.dry_run and c.outcome != "pass"]
+    if shadow:
+        summary += "; dry-run: " + "; ".join(f"{c.metric} would be {c.outcome}: {c.detail}" for c in shadow)
     return Verdict(subject=subject, outcome=outcome, checks=checks, summary=summary)
 
 
@@ -188,6 +196,8 @@ class WindowThresholds(BaseModel):
     latency_increase_pct: float
     error_rate_increase_pp: float
     min_samples: int
+    confidence: float = Field(0.98, gt=0.5, lt=1)
+    dry_run: list[str] = Field(default_factory=list, description="Metrics judged but never acted on")
 
 
 class SideWindow(BaseModel):
@@ -280,43 +290,96 @@ def judge_endpoint(
             f"{limits.min_samples} a side needed",
         )
         return [check], baseline
-    return [*_latency_checks(name, source.latency, target.latency, limits, note),
-            _error_check(name, source, target, limits, note)], baseline  # fmt: skip
+    checks = [*_latency_checks(name, source.latency, target.latency, limits, note),
+              _error_check(name, source, target, limits, note)]  # fmt: skip
+    return checks, baseline
 
 
 def _latency_checks(
     name: str, source: Histogram, target: Histogram, limits: WindowThresholds, note: str
 ) -> list[Check]:
-    checks = []
-    for q in (0.5, 0.95, 0.99):
-        s_q, t_q = quantile(source, q), quantile(target, q)
-        increase = relative_change_pct(s_q, t_q)
-        checks.append(
-            Check(
-                metric=f"{name}.latency_p{round(q * 100)}",
-                outcome="pass" if increase <= limits.latency_increase_pct else "fail",
-                source=round(s_q * 1000, 3),
-                target=round(t_q * 1000, 3),
-                observed=round(increase, 2),
-                threshold=limits.latency_increase_pct,
-                detail=f"p{round(q * 100)} {t_q * 1000:.1f} ms vs {s_q * 1000:.1f} ms{note} ({increase:+.1f}%, allowed "
-                f"+{limits.latency_increase_pct}%)",
-            )
-        )
-    return checks
+    """Latency fails only when the target is significantly slower *and* by more than allowed.
+
+    Mann-Whitney U (98%) guards against noise; the effect-size gate (relative p50/p95 increase)
+    against significant-but-irrelevant shifts. The tail check catches what the rank test misses:
+    the same median with a heavier tail (more target requests above the source's p95 than the
+    5% expected, significantly, and a p99 beyond the allowed increase).
+    """
+    alpha = 1 - limits.confidence
+    s_bins, t_bins = bin_counts(source.cumulative, source.count), bin_counts(target.cumulative, target.count)
+    p_value, effect = mann_whitney_greater(t_bins, s_bins)
+    s_q = {q: quantile(source, q / 100) for q in (50, 95, 99)}
+    t_q = {q: quantile(target, q / 100) for q in (50, 95, 99)}
+    rise = {q: relative_change_pct(s_q[q], t_q[q]) for q in (50, 95, 99)}
+    worst = max(rise[50], rise[95])
+    allowed = limits.latency_increase_pct
+    shifted = p_value < alpha and worst > allowed
+    shift = Check(
+        metric=f"{name}.latency",
+        outcome="fail" if shifted else "pass",
+        source=round(s_q[50] * 1000, 3),
+        target=round(t_q[50] * 1000, 3),
+        observed=round(worst, 2),
+        threshold=allowed,
+        p_value=p_value,
+        effect_size=round(effect, 4),
+        dry_run="latency" in limits.dry_run,
+        detail=f"p50 {t_q[50] * 1000:.1f} ms vs {s_q[50] * 1000:.1f} ms{note} ({rise[50]:+.1f}%), p95 {rise[95]:+.1f}% "
+        f"(allowed +{allowed}%); Mann-Whitney p={p_value:.2g}, P(target slower)={effect:.2f}",
+    )
+    above = target.count - _count_at_or_below(target, s_q[95])
+    tail_p = binomial_excess(above, target.count, 0.05)
+    heavy = tail_p < alpha and rise[99] > allowed
+    tail = Check(
+        metric=f"{name}.latency_tail",
+        outcome="fail" if heavy else "pass",
+        source=round(s_q[99] * 1000, 3),
+        target=round(t_q[99] * 1000, 3),
+        observed=round(rise[99], 2),
+        threshold=allowed,
+        p_value=tail_p,
+        effect_size=round(above / target.count, 4),
+        dry_run="latency" in limits.dry_run,
+        detail=f"p99 {t_q[99] * 1000:.1f} ms vs {s_q[99] * 1000:.1f} ms ({rise[99]:+.1f}%); "
+        f"{above / target.count:.1%} of target requests above the source's p95 (5% expected, p={tail_p:.2g})",
+    )
+    return [shift, tail]
+
+
+def _count_at_or_below(histogram: Histogram, value: float) -> float:
+    """Observations at or below `value`, interpolated within its bucket."""
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(histogram.bounds, histogram.cumulative, strict=True):
+        if value <= bound:
+            share = (value - lower_bound) / (bound - lower_bound) if bound > lower_bound else 1.0
+            return lower_count + (count - lower_count) * share
+        lower_bound, lower_count = bound, count
+    return histogram.count
 
 
 def _error_check(name: str, source: SideWindow, target: SideWindow, limits: WindowThresholds, note: str) -> Check:
+    """More errors fail only past the allowed pp *and* when significant: two errors in a sparse
+    window are not an outage."""
     s_rate, t_rate = source.errors / source.requests * 100, target.errors / target.requests * 100
+    difference = t_rate - s_rate
+    p_value = two_proportion_greater(target.errors, target.requests, source.errors, source.requests)
+    sd = math.sqrt(
+        s_rate / 100 * (1 - s_rate / 100) / source.requests + t_rate / 100 * (1 - t_rate / 100) / target.requests
+    )
+    z = 2.326  # one-sided 98%
+    failed = difference > limits.error_rate_increase_pp and p_value < 1 - limits.confidence
     return Check(
         metric=f"{name}.error_rate",
-        outcome="pass" if t_rate - s_rate <= limits.error_rate_increase_pp else "fail",
+        outcome="fail" if failed else "pass",
         source=round(s_rate, 4),
         target=round(t_rate, 4),
-        observed=round(t_rate - s_rate, 4),
+        observed=round(difference, 4),
         threshold=limits.error_rate_increase_pp,
-        detail=f"{t_rate:.2f}% vs {s_rate:.2f}% errors{note} ({t_rate - s_rate:+.2f} pp, allowed "
-        f"+{limits.error_rate_increase_pp} pp)",
+        p_value=p_value,
+        confidence_interval=(round(difference - z * sd * 100, 4), round(difference + z * sd * 100, 4)),
+        dry_run="error_rate" in limits.dry_run,
+        detail=f"{t_rate:.2f}% vs {s_rate:.2f}% errors{note} ({difference:+.2f} pp, allowed "
+        f"+{limits.error_rate_increase_pp} pp, p={p_value:.2g})",
     )
 
 

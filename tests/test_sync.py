@@ -145,7 +145,7 @@ def _sync_spec(source: StoreSpec, target: str):
 
 
 async def test_a_worker_killed_mid_object_resumes_and_resends_under_10_percent(client, tmp_path, s3_bucket):
-    size = 192 * MiB
+    size = 256 * MiB
     source, target = f"file://{tmp_path}/src", f"s3://{s3_bucket}/resume"
     open_store(source).put_bytes("ds/huge.bin", os.urandom(size))
     env = f"killme-{suffix()}"

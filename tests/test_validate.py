@@ -48,14 +48,15 @@ def test_quantile_interpolates_like_prometheus():
 def test_equal_sides_pass_with_the_numbers_kept():
     result = judge(side([0.008] * 200), side([0.008] * 200)).verdict
     assert result.outcome == "pass"
-    p95 = next(c for c in result.checks if c.metric == "chat.latency_p95")
-    assert p95.source == p95.target and p95.threshold == 15 and p95.observed == 0
+    latency = next(c for c in result.checks if c.metric == "chat.latency")
+    assert latency.source == latency.target and latency.threshold == 15 and latency.observed == 0
+    assert latency.p_value > 0.4 and latency.effect_size == 0.5
 
 
 def test_forty_percent_slower_target_fails_with_the_deciding_check_named():
     result = judge(side([0.0075] * 200), side([0.0105] * 200)).verdict
     assert result.outcome == "fail"
-    assert "chat.latency_p50" in result.summary and "allowed +15" in result.summary
+    assert "chat.latency:" in result.summary and "allowed +15" in result.summary
 
 
 def test_error_spike_fails_on_error_rate():
@@ -110,3 +111,32 @@ def test_identical_training_passes_and_drift_fails():
         CompareTrainingInput(source=train([2.0]), target=train([2.0], data="y"), loss_divergence_pct=1)
     )
     assert other_data.outcome == "fail" and "training bytes differ" in other_data.summary
+
+
+def test_one_slow_request_in_a_small_window_does_not_fail():
+    assert judge(side([0.008] * 60), side([0.008] * 59 + [0.150])).verdict.outcome == "pass"
+
+
+def test_variance_only_regression_same_median_heavy_tail_fails():
+    source = [0.008] * 1000
+    target = [0.008] * 970 + [0.030] * 30  # same median and p95, a 3% slow tail
+    result = judge(side(source), side(target)).verdict
+    assert result.outcome == "fail"
+    assert [c.metric for c in result.checks if c.outcome == "fail"] == ["chat.latency_tail"]
+
+
+def test_checks_keep_p_values_effect_sizes_and_intervals():
+    result = judge(side([0.0075] * 300), side([0.0105] * 300, errors=9)).verdict
+    latency = next(c for c in result.checks if c.metric == "chat.latency")
+    errors = next(c for c in result.checks if c.metric == "chat.error_rate")
+    assert latency.p_value < 0.02 and latency.effect_size > 0.9
+    low, high = errors.confidence_interval
+    assert low < errors.observed < high
+
+
+def test_a_dry_run_metric_reports_but_never_decides():
+    limits = LIMITS.model_copy(update={"dry_run": ["latency"]})
+    current = [EndpointSnapshot(endpoint="chat", source=side([0.0075] * 300), target=side([0.0105] * 300))]
+    result = judge_window(JudgeWindowInput(stage="s", previous=[], current=current, thresholds=limits)).verdict
+    assert result.outcome == "pass"
+    assert "dry-run: chat.latency would be fail" in result.summary

@@ -24,8 +24,10 @@ from activities.transfer.chunking import Chunk, digest
 from activities.transfer.manifest import ObjectManifest, fingerprint, load_manifest, manifest_key, save_manifest
 
 MiB = 1 << 20
-PART_SIZE = 16 * MiB
-MAX_RANGE = 64 * MiB
+#: Bytes fetched past the last committed part are lost if the worker dies, so part size and the
+#: longest coalesced read bound what a resumed attempt re-sends (S3's minimum part is 5 MiB).
+PART_SIZE = 8 * MiB
+MAX_RANGE = 8 * MiB
 REFETCH_ATTEMPTS = 2
 
 
