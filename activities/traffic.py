@@ -1,25 +1,45 @@
 """Traffic routers: set and read the weighted split between the source and target deployments.
 
-Every router implements `set_weights(source, target)` and `current()`, both idempotent, so the
-cutover and its compensations can call them any number of times. Today: skyshift's own weighted
-HTTP proxy (`workers/router.py`). Route 53, Gateway API or Istio routers implement the same two
-methods and register a `kind` in `ROUTERS`.
+Every router implements `set_weights(weights)` and `current()`, both idempotent, so the cutover
+and its compensations can call them any number of times. Built: skyshift's weighted HTTP proxy
+(`workers/router.py`) and AWS Route 53 weighted records. A Gateway API HTTPRoute, an Istio
+VirtualService or a cloud load balancer is one more spec model (with its `kind`) and one class
+with these two methods, registered in `ROUTERS`; nothing else changes.
 """
 
 from __future__ import annotations
 
 import urllib.request
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from temporalio import activity
 
 
-class RouterSpec(BaseModel):
+class HttpRouterSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["http"] = Field("http", description="http: skyshift's weighted reverse proxy (admin API)")
     admin_url: str = Field(pattern=r"^https?://")
+
+
+class Route53RouterSpec(BaseModel):
+    """Two weighted records of one name: one answers with the source, one with the target."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["route53"]
+    hosted_zone_id: str = Field(min_length=1)
+    record_name: str = Field(min_length=1, description="e.g. api.example.com.")
+    record_type: Literal["A", "AAAA", "CNAME"] = "CNAME"
+    source_value: str = Field(min_length=1, description="Where the source record points (IP or host name)")
+    target_value: str = Field(min_length=1)
+    ttl: int = Field(60, ge=1, le=86400, description="Low TTLs make weight changes take effect quickly")
+    credentials: str | None = Field(None, description="AWS profile name, resolved by the control worker")
+    endpoint: str | None = None
+
+
+RouterSpec = Annotated[HttpRouterSpec | Route53RouterSpec, Field(discriminator="kind")]
 
 
 class Weights(BaseModel):
@@ -47,7 +67,7 @@ class Router(Protocol):
 class HttpRouter:
     """Client of the embedded router's admin API: GET/PUT {admin_url}/-/weights."""
 
-    def __init__(self, spec: RouterSpec, timeout: float = 5.0) -> None:
+    def __init__(self, spec: HttpRouterSpec, timeout: float = 5.0) -> None:
         self.url = f"{spec.admin_url.rstrip('/')}/-/weights"
         self.timeout = timeout
 
@@ -65,7 +85,56 @@ class HttpRouter:
         return self._call("GET")
 
 
-ROUTERS: dict[str, type] = {"http": HttpRouter}
+class Route53Router:
+    """Weighted routing through Route 53: the split is the two records' weights (set identifiers
+    `skyshift-source` and `skyshift-target`), upserted together in one change batch."""
+
+    IDS = {"source": "skyshift-source", "target": "skyshift-target"}
+
+    def __init__(self, spec: Route53RouterSpec) -> None:
+        from activities.aws import aws_client
+
+        self.spec = spec
+        self.client = aws_client("route53", spec.endpoint, spec.credentials)
+        self.name = spec.record_name if spec.record_name.endswith(".") else spec.record_name + "."
+
+    def set_weights(self, weights: Weights) -> Weights:
+        values = {"source": self.spec.source_value, "target": self.spec.target_value}
+        changes = [
+            {
+                "Action": "UPSERT",
+                "ResourceRecordSet": {
+                    "Name": self.name, "Type": self.spec.record_type, "SetIdentifier": self.IDS[side],
+                    "Weight": getattr(weights, side), "TTL": self.spec.ttl,
+                    "ResourceRecords": [{"Value": values[side]}],
+                },
+            }
+            for side in ("source", "target")
+        ]  # fmt: skip
+        self.client.change_resource_record_sets(
+            HostedZoneId=self.spec.hosted_zone_id,
+            ChangeBatch={"Comment": f"skyshift: target {weights.target}%", "Changes": changes},
+        )
+        return weights
+
+    def current(self) -> Weights:
+        found: dict[str, int] = {}
+        pages = self.client.get_paginator("list_resource_record_sets").paginate(
+            HostedZoneId=self.spec.hosted_zone_id, StartRecordName=self.name, StartRecordType=self.spec.record_type
+        )
+        for page in pages:
+            for record in page["ResourceRecordSets"]:
+                if record["Name"] != self.name:
+                    break
+                for side, identifier in self.IDS.items():
+                    if record.get("SetIdentifier") == identifier:
+                        found[side] = int(record["Weight"])
+        if set(found) != {"source", "target"}:
+            return Weights(source=100, target=0)  # never routed: everything still resolves to the source
+        return Weights(source=found["source"], target=found["target"])
+
+
+ROUTERS: dict[str, type] = {"http": HttpRouter, "route53": Route53Router}
 
 
 def router_for(spec: RouterSpec) -> Router:

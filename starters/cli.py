@@ -223,6 +223,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return with_client(go)(args)
 
 
+def _stage_command(action: str) -> Callable[[argparse.Namespace], int]:
+    @with_client
+    async def command(args: argparse.Namespace, client: Client) -> int:
+        from starters import operate
+
+        try:
+            stage = await operate.stage_action(client, args.id, action, args.by, args.note)
+        except WorkflowUpdateFailedError as error:
+            cause = getattr(error.cause, "message", None) or str(error)
+            raise UsageError(f"{action.replace('_', '-')}: rejected: {cause}") from None
+        emit(args, {"id": args.id, action: stage, "by": args.by}, f"{action.replace('_', ' ')}: {stage} on {args.id}")
+        return EXIT_OK
+
+    return command
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from activities.bench import BenchInput, run_benchmark
 
@@ -342,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, resume in (("pause", False), ("resume", True)):
         p = command(name, _pause_command(resume), f"{name} a migration at its next step")
+        p.add_argument("id")
+        p.add_argument("--by", default=os.environ.get("USER", "operator"))
+        p.add_argument("--note", default="")
+
+    for name, action, help in (("skip-stage", "skip_stage", "end the current cutover stage now, go to the next"),
+                               ("promote", "promote", "go straight to the final (100%) cutover stage")):  # fmt: skip
+        p = command(name, _stage_command(action), help)
         p.add_argument("id")
         p.add_argument("--by", default=os.environ.get("USER", "operator"))
         p.add_argument("--note", default="")

@@ -55,6 +55,12 @@ async def pause(client: Client, workflow_id: str, by: str, note: str, resume: bo
     await client.get_workflow_handle(workflow_id).signal(signal, OperatorInput(by=by, note=note))
 
 
+async def stage_action(client: Client, workflow_id: str, action: str, by: str, note: str) -> str:
+    """`skip_stage` or `promote`: validated by the workflow, rejected if not in cutover."""
+    update = {"skip_stage": MigrationWorkflow.skip_stage, "promote": MigrationWorkflow.promote}[action]
+    return await client.get_workflow_handle(workflow_id).execute_update(update, OperatorInput(by=by, note=note))
+
+
 async def list_migrations(client: Client, limit: int = 50) -> list[dict]:
     rows = []
     async for execution in client.list_workflows('WorkflowType="MigrationWorkflow"', limit=limit):

@@ -30,6 +30,9 @@ def isolated_state(tmp_path_factory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("skyshift-home")
     os.environ["SKYSHIFT_HOME"] = str(home)
     yield home
+    from starters import devstack
+
+    devstack.down()  # anything a command started on demand under this home
 
 
 def free_port() -> int:
@@ -130,17 +133,37 @@ async def running_workers(client: Client, *envs: str) -> AsyncIterator[None]:
 class ServingPair:
     """Source and target inference endpoints behind the weighted router, on loopback threads."""
 
-    def __init__(self, service_ms: float = 4.0) -> None:
-        from workers import endpoint, router
+    def __init__(self, service_ms: float = 4.0, state_file: Path | None = None) -> None:
+        from workers import endpoint
 
         self.ports = {name: free_port() for name in ("source", "target", "router")}
+        self.state_file = state_file
         self.servers = [
             endpoint.serve("source", "127.0.0.1", self.ports["source"], endpoint.tiny_model(), service_ms),
             endpoint.serve("target", "127.0.0.1", self.ports["target"], endpoint.tiny_model(), service_ms),
-            router.serve("127.0.0.1", self.ports["router"], self.url("source"), self.url("target")),
         ]
         for server in self.servers:
             threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.start_router()
+
+    def start_router(self) -> None:
+        from workers import router
+
+        self.router = router.serve(
+            "127.0.0.1", self.ports["router"], self.url("source"), self.url("target"), self.state_file
+        )
+        threading.Thread(target=self.router.serve_forever, daemon=True).start()
+
+    def stop_router(self) -> None:
+        self.router.shutdown()
+        self.router.server_close()
+
+    def set_faults(self, side: str, **faults: float) -> None:
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(self.url(side) + "/-/faults", data=json.dumps(faults).encode(), method="PUT")
+        urllib.request.urlopen(request, timeout=5).close()
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -152,7 +175,7 @@ class ServingPair:
         }
 
     def close(self) -> None:
-        for server in self.servers:
+        for server in [*self.servers, self.router]:
             server.shutdown()
             server.server_close()
 

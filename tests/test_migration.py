@@ -6,7 +6,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 
 from activities.stores import open_store
-from activities.traffic import HttpRouter, RouterSpec, Weights
+from activities.traffic import HttpRouter, HttpRouterSpec, Weights
 from starters.load import LoadGenerator
 from starters.operate import start_migration
 from tests.conftest import running_workers
@@ -23,7 +23,7 @@ DATA = {
 
 
 def router_weights(serving) -> Weights:
-    return HttpRouter(RouterSpec(admin_url=serving.url("router"))).current()
+    return HttpRouter(HttpRouterSpec(admin_url=serving.url("router"))).current()
 
 
 def urls(s3_bucket: str, gcs_bucket: str) -> tuple[str, str]:

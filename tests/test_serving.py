@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from activities.bench import BenchInput, run_benchmark
-from activities.traffic import HttpRouter, RouterSpec, Weights
+from activities.traffic import HttpRouter, HttpRouterSpec, Weights
 from starters.cli import main
 from starters.load import LoadGenerator
 from workers.router import WeightedChoice
@@ -23,7 +23,7 @@ def test_smooth_weighted_round_robin_is_exact():
 
 
 def test_router_changes_weights_without_failing_requests(serving):
-    router = HttpRouter(RouterSpec(admin_url=serving.url("router")))
+    router = HttpRouter(HttpRouterSpec(admin_url=serving.url("router")))
     load = LoadGenerator(serving.url("router"), rate=200, threads=4, max_seconds=30).start()
     for percent in (0, 10, 50, 90, 100, 0):
         assert router.set_weights(Weights(source=100 - percent, target=percent)) == router.current()

@@ -30,7 +30,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def urls(tmp_path, s3_bucket, gcs_bucket) -> dict[str, str]:
+def urls(tmp_path, s3_bucket, gcs_bucket, client) -> dict[str, str]:
+    """Stores in each backend; `client` makes `skyshift sync` use the session's Temporal server."""
     return {"local": f"file://{tmp_path}/local", "s3": f"s3://{s3_bucket}/data", "gcs": f"gs://{gcs_bucket}/data"}
 
 

@@ -10,7 +10,7 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.traffic import HttpRouter, RouterSpec, Weights
+from activities.traffic import HttpRouter, HttpRouterSpec, Weights
 from starters.operate import start_migration
 from tests.conftest import ServingPair, running_workers, temporal_cli
 from tests.helpers import approve_gates, make_plan, seed, suffix
@@ -44,7 +44,7 @@ async def test_real_24h_48h_72h_stages_complete_under_time_skipping(tmp_path):
             await approve_gates(handle, lambda s: s.outcome is not None, timeout=120)
             final = await handle.result()
         wall = time.monotonic() - started
-        weights = HttpRouter(RouterSpec(admin_url=serving.url("router"))).current()
+        weights = HttpRouter(HttpRouterSpec(admin_url=serving.url("router"))).current()
     finally:
         serving.close()
         await env.shutdown()

@@ -29,18 +29,21 @@ class StagedCutover:
     async def cutover(self) -> None:
         stages = self.plan.cutover.stages
         progress = self.state.cutover
-        for index in range(progress.stage_index, len(stages)):
-            stage = stages[index]
+        while progress.stage_index < len(stages):
+            if progress.promote_requested and progress.stage_index < len(stages) - 1 and not progress.entered:
+                self._audit("skyshift", "promoting", f"skipping to {stages[-1].name} as an operator asked")
+                progress.stage_index = len(stages) - 1
+            stage = stages[progress.stage_index]
             if not progress.entered:
-                await self._enter_stage(stage)
+                await self._enter_stage(stage, approval=stage.approval and not progress.promote_requested)
             await self._hold_stage(stage)
-            progress.stage_index = index + 1
+            progress.stage_index += 1
             progress.stage_elapsed_s = 0
-            progress.entered = False
-            progress.inconclusive_streak = 0
+            progress.entered = progress.skip_requested = False
+            progress.inconclusive_streak = progress.error_streak = 0
 
-    async def _enter_stage(self, stage: Stage) -> None:
-        if stage.approval:
+    async def _enter_stage(self, stage: Stage, approval: bool) -> None:
+        if approval:
             await self._gate(stage.name, f"route {stage.percent}% of traffic to {self.plan.target}")
         await self._checkpoint()
         self.state.stage = stage.name
@@ -80,11 +83,18 @@ class StagedCutover:
         progress = self.state.cutover
         interval = self.plan.cutover.monitor_interval.total_seconds()
         measuring = bool(self.plan.workloads.endpoints)
-        while (remaining := stage.duration.total_seconds() - progress.stage_elapsed_s) > 0:
+
+        def operator_moved_on() -> bool:
+            return progress.skip_requested or progress.promote_requested
+
+        while (remaining := stage.duration.total_seconds() - progress.stage_elapsed_s) > 0 and not operator_moved_on():
             # Without endpoints to measure, the whole stage is one durable timer.
             step = min(interval, remaining) if measuring else remaining
-            await self._wait(lambda: False, timeout=timedelta(seconds=step), summary=f"hold {stage.name}")
-            progress.stage_elapsed_s += step
+            started = workflow.now()
+            await self._wait(operator_moved_on, timeout=timedelta(seconds=step), summary=f"hold {stage.name}")
+            progress.stage_elapsed_s += (workflow.now() - started).total_seconds()
+            if operator_moved_on():
+                break
             if measuring:
                 await self._judge(stage)
             await self._checkpoint()
@@ -100,47 +110,56 @@ class StagedCutover:
         )
 
     async def _judge(self, stage: Stage) -> None:
-        thresholds = self.plan.thresholds
+        thresholds, progress = self.plan.thresholds, self.state.cutover
         current = await self._scrape()
         judgement = await workflow.execute_activity(
             judge_window,
             JudgeWindowInput(
                 stage=stage.name,
-                previous=self.state.cutover.previous,
+                previous=progress.previous,
                 current=current,
                 thresholds=WindowThresholds(
                     latency_increase_pct=thresholds.latency_increase_pct,
                     error_rate_increase_pp=thresholds.error_rate_increase_pp,
                     min_samples=thresholds.min_samples,
+                    confidence=thresholds.confidence,
+                    dry_run=list(thresholds.dry_run),
                 ),
-                baselines=self.state.cutover.baselines,
+                baselines=progress.baselines,
             ),
             task_queue=CONTROL_TASK_QUEUE,
             start_to_close_timeout=QUICK,
             summary=f"judge window at {stage.name}",
         )
         verdict = judgement.verdict
-        self.state.cutover.previous = current
-        self.state.cutover.baselines = judgement.baselines
+        progress.previous, progress.baselines = current, judgement.baselines
         self.state.verdicts = [*self.state.verdicts, verdict][-MAX_VERDICTS:]
         workflow.upsert_search_attributes([SA_VERDICT.value_set(verdict.outcome)])
         self._details()
-        if verdict.outcome == "fail":
-            self._request_rollback(f"{stage.name}: {verdict.summary}", by="skyshift:analysis")
+        progress.error_streak = progress.error_streak + 1 if verdict.outcome == "error" else 0
+        if verdict.outcome == "fail" or progress.error_streak >= thresholds.max_consecutive_errors:
+            why = verdict.summary if verdict.outcome == "fail" else f"{progress.error_streak} windows unreadable"
+            self._request_rollback(f"{stage.name}: {why}", by="skyshift:analysis")
             self._raise_if_rollback()
         if verdict.outcome == "pass":
-            self.state.cutover.inconclusive_streak = 0
+            progress.inconclusive_streak = 0
             return
-        self.state.cutover.inconclusive_streak += 1
-        if self.state.cutover.inconclusive_streak >= thresholds.inconclusive_limit:
-            workflow.logger.warning(
-                "%s: %d windows %s; waiting for an operator",
-                stage.name,
-                self.state.cutover.inconclusive_streak,
-                verdict.outcome,
-            )
-            await self._gate(
-                f"inconclusive-{stage.name}",
-                f"{self.state.cutover.inconclusive_streak} windows in a row were {verdict.outcome}: {verdict.summary}",
-            )
-            self.state.cutover.inconclusive_streak = 0
+        progress.inconclusive_streak += 1
+        if progress.inconclusive_streak >= thresholds.inconclusive_limit:
+            await self._inconclusive_pause(stage, verdict.summary)
+
+    async def _inconclusive_pause(self, stage: Stage, summary: str) -> None:
+        """Ask an operator; approve accepts and continues the stage. Nobody answers: the plan decides."""
+        spec, streak = self.plan.cutover, self.state.cutover.inconclusive_streak
+        workflow.logger.warning("%s: %d windows without a verdict; waiting for an operator", stage.name, streak)
+        answered = await self._gate(
+            f"inconclusive-{stage.name}",
+            f"{streak} windows in a row without a verdict ({summary}); approve to continue, or by "
+            f"{spec.inconclusive_deadline} the migration will {spec.on_deadline}",
+            deadline=spec.inconclusive_deadline,
+        )
+        self.state.cutover.inconclusive_streak = 0
+        if not answered and spec.on_deadline == "rollback":
+            self._request_rollback(f"{stage.name}: no verdict and no operator within {spec.inconclusive_deadline}",
+                                   by="skyshift:deadline")  # fmt: skip
+            self._raise_if_rollback()

@@ -279,6 +279,37 @@ class MigrationWorkflow(StagedCutover):
             return
         self._request_rollback(request.reason, request.by)
 
+    @workflow.update
+    def skip_stage(self, request: OperatorInput) -> str:
+        stage = self.state.stage or ""
+        self.state.cutover.skip_requested = True
+        self._audit(request.by, "skip_stage", f"{stage}{': ' + request.note if request.note else ''}")
+        return stage
+
+    @skip_stage.validator
+    def _validate_skip(self, request: OperatorInput) -> None:
+        self._require_cutover_stage("skip_stage")
+        if self.state.cutover.stage_index >= len(self.plan.cutover.stages) - 1:
+            raise ValueError("the last stage cannot be skipped: it is where the cutover ends")
+
+    @workflow.update
+    def promote(self, request: OperatorInput) -> str:
+        self.state.cutover.promote_requested = True
+        self._audit(
+            request.by,
+            "promote",
+            f"to {self.plan.cutover.stages[-1].name}{': ' + request.note if request.note else ''}",
+        )
+        return self.plan.cutover.stages[-1].name
+
+    @promote.validator
+    def _validate_promote(self, request: OperatorInput) -> None:
+        self._require_cutover_stage("promote")
+
+    def _require_cutover_stage(self, action: str) -> None:
+        if self.state.phase != "cutover" or self.state.outcome is not None:
+            raise ValueError(f"{action} applies during cutover; the migration is in {self.state.phase}")
+
     @workflow.signal
     def pause(self, request: OperatorInput) -> None:
         self.state.paused = True
@@ -342,15 +373,19 @@ class MigrationWorkflow(StagedCutover):
         self._details()
         return result
 
-    async def _gate(self, stage: str, reason: str) -> None:
-        """Wait for `approve(stage)` or a rollback; either way the gate is closed afterwards."""
+    async def _gate(self, stage: str, reason: str, deadline: timedelta | None = None) -> bool:
+        """Wait for `approve(stage)` or a rollback; return False if the deadline passed unanswered."""
         self.state.pending_gate = Gate(stage=stage, reason=reason, opened_at=workflow.now())
         self._audit("skyshift", "awaiting_approval", f"{stage}: {reason}")
         self._details()
         try:
-            await self._wait(lambda: self.state.pending_gate is None)
+            await self._wait(lambda: self.state.pending_gate is None, timeout=deadline, summary=f"await {stage}")
+            answered = self.state.pending_gate is None
         finally:
             self.state.pending_gate = None
+        if not answered:
+            self._audit("skyshift", "gate_expired", f"{stage}: nobody answered within {deadline}")
+        return answered
 
     async def _wait(
         self, done: Callable[[], bool], timeout: timedelta | None = None, summary: str | None = None

@@ -123,6 +123,11 @@ class Thresholds(_Model):
     min_throughput_ratio: float = Field(0.8, gt=0, description="POC: target/source benchmark throughput floor")
     max_cost_ratio: float = Field(1.0, gt=0, description="POC: target/source cost per unit of work ceiling")
     inconclusive_limit: int = Field(3, ge=1, description="Consecutive inconclusive windows before pausing")
+    max_consecutive_errors: int = Field(3, ge=1, description="Unreadable-metrics windows in a row that count as a fail")
+    confidence: float = Field(0.98, gt=0.5, lt=1, description="Confidence of the statistical tests in verdicts")
+    dry_run: list[Literal["latency", "error_rate"]] = Field(
+        default_factory=list, description="Metrics judged and reported but never acted on"
+    )
 
 
 class Stage(_Model):
@@ -150,6 +155,10 @@ class CutoverSpec(_Model):
         ]
     )
     monitor_interval: Duration = Field(timedelta(minutes=5), description="How often both sides are measured")
+    inconclusive_deadline: Duration = Field(
+        timedelta(hours=1), description="How long a pause for inconclusive windows waits for an operator"
+    )
+    on_deadline: Literal["rollback", "continue"] = Field("rollback", description="What happens when nobody answers")
 
     @model_validator(mode="after")
     def _check(self) -> CutoverSpec:

@@ -67,6 +67,9 @@ class CutoverProgress(BaseModel):
     entered: bool = Field(False, description="Current stage's approval given and weights set")
     previous: list[EndpointSnapshot] = Field(default_factory=list)
     inconclusive_streak: int = 0
+    error_streak: int = 0
+    skip_requested: bool = False
+    promote_requested: bool = False
     baselines: dict[str, SideWindow] = Field(default_factory=dict, description="Source's last full window")
 
 

@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 
 import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from activities.aws import aws_client
 from activities.stores.base import (
     Capabilities,
     ObjectInfo,
@@ -30,7 +30,6 @@ from activities.stores.base import (
 
 _MiB = 1 << 20
 _GiB = 1 << 30
-_LOOPBACK = ("http://127.", "http://localhost", "http://[::1]")
 #: Error codes no retry can fix: the operator must create the bucket or grant access.
 _PERMANENT = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
               "InvalidBucketName", "AccountProblem"}  # fmt: skip
@@ -63,19 +62,7 @@ class S3Store(Store):
 
     @staticmethod
     def _client(spec: StoreSpec):
-        session = boto3.Session(profile_name=spec.credentials) if spec.credentials else boto3.Session()
-        endpoint = spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3")
-        kwargs: dict = {}
-        if session.get_credentials() is None and endpoint and endpoint.startswith(_LOOPBACK):
-            # A local emulator accepts any signature; real endpoints never get these.
-            kwargs = {"aws_access_key_id": "skyshift-emulator", "aws_secret_access_key": "skyshift-emulator"}
-        return session.client(
-            "s3",
-            endpoint_url=spec.endpoint or None,
-            region_name=session.region_name or "us-east-1",
-            config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32),
-            **kwargs,
-        )
+        return aws_client("s3", spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3"), spec.credentials, max_pool=32)
 
     def _key(self, key: str) -> str:
         return join_key(self.prefix, safe_key(key))
