@@ -182,7 +182,7 @@ async def _wait_for_parts(handle: WorkflowHandle, at_least: int, timeout: float 
         for pending in description.raw_description.pending_activities:
             if pending.activity_type.name == "apply_range" and pending.heartbeat_details.payloads:
                 details = json.loads(pending.heartbeat_details.payloads[0].data)
-                parts = len((details.get("current") or {}).get("parts", []))
+                parts = max((len(p["parts"]) for p in details.get("in_flight", {}).values()), default=0)
                 if parts >= at_least:
                     return parts
         await asyncio.sleep(0.05)

@@ -94,13 +94,14 @@ class GCSStore(Store):
     def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         blob = self.bucket.blob(self._key(key))
         try:
-            if start == 0 and end is None:
-                blob.reload()  # BlobReader is lazy: surface a missing object here, not on first read
-                return blob.open("rb", chunk_size=8 * _MiB)
-            # Ranged reads are chunk-sized by construction, so holding one in memory is bounded.
-            return io.BytesIO(blob.download_as_bytes(start=start, end=None if end is None else end - 1))
+            if end is not None and end - start <= 8 * _MiB:
+                return io.BytesIO(blob.download_as_bytes(start=start, end=end - 1))
+            blob.reload()  # BlobReader is lazy: surface a missing object here, not on first read
+            reader = blob.open("rb", chunk_size=8 * _MiB)
         except gexc.NotFound as error:
             raise StoreError(f"{self.url}: no object {key!r}") from error
+        reader.seek(start)
+        return reader if end is None else _Limited(reader, end - start)
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         # GCS publishes an object when its upload finalizes; crc32c lets the server reject damage.
@@ -133,6 +134,26 @@ class GCSStore(Store):
         """Create the bucket if missing (used by the embedded stack's seeding, not by migrations)."""
         if self.client.lookup_bucket(self.bucket_name) is None:
             self.client.create_bucket(self.bucket_name)
+
+
+class _Limited(io.RawIOBase):
+    """At most `left` bytes of a stream (a ranged read over BlobReader, which streams in chunks)."""
+
+    def __init__(self, stream, left: int) -> None:
+        self.stream, self.left = stream, left
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.stream.read(size) if size else b""
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
 
 
 class _GCSComposite(PartWriter):

@@ -24,10 +24,11 @@ from activities.transfer.chunking import Chunk, digest
 from activities.transfer.manifest import ObjectManifest, fingerprint, load_manifest, manifest_key, save_manifest
 
 MiB = 1 << 20
-#: Bytes fetched past the last committed part are lost if the worker dies, so part size and the
-#: longest coalesced read bound what a resumed attempt re-sends (S3's minimum part is 5 MiB).
+#: Bytes fetched past the last committed part are lost if the worker dies: the part size bounds
+#: what a resumed attempt re-sends (S3's minimum part is 5 MiB). Runs are streamed chunk by chunk,
+#: so a long run costs one request, not memory; MAX_RANGE only bounds one request's duration.
 PART_SIZE = 8 * MiB
-MAX_RANGE = 8 * MiB
+MAX_RANGE = 1024 * MiB
 REFETCH_ATTEMPTS = 2
 
 
@@ -142,21 +143,19 @@ class Rebuild:
         """Each chunk's verified bytes, in order, from the chunk that holds `start_offset` on."""
         chunks = [c for c in self.manifest.chunks if c.offset + c.length > start_offset]
         for run in plan_runs(chunks, self.index):
-            store, key = (self.target, run.local_key) if run.local_key else (self.source, self.manifest.key)
-            blob = store.read_bytes(key, run.start, run.end)
-            if run.local_key is None:
-                self.totals.bytes_transferred += len(blob)
-            position = 0
-            for chunk in run.chunks:
-                data = blob[position : position + chunk.length]
-                position += chunk.length
-                if run.local_key is None:
-                    self.totals.chunks_transferred += 1
-                else:
-                    self.totals.chunks_reused += 1
-                if len(data) != chunk.length or digest(data) != chunk.digest:
-                    data = self._fetch_remote(chunk)  # corrupted in transit, or a stale local copy
-                yield data
+            remote = run.local_key is None
+            store, key = (self.source, self.manifest.key) if remote else (self.target, run.local_key)
+            with store.open_read(key, run.start, run.end) as stream:
+                for chunk in run.chunks:
+                    data = _read_exact(stream, chunk.length)
+                    if remote:
+                        self.totals.bytes_transferred += len(data)
+                        self.totals.chunks_transferred += 1
+                    else:
+                        self.totals.chunks_reused += 1
+                    if len(data) != chunk.length or digest(data) != chunk.digest:
+                        data = self._fetch_remote(chunk)  # corrupted in transit, or a stale local copy
+                    yield data
 
     def run(self, resume: ObjectProgress | None) -> ObjectInfo:
         manifest, target = self.manifest, self.target
@@ -190,6 +189,17 @@ class Rebuild:
         except CorruptionError:
             writer.abort()
             raise
+
+
+def _read_exact(stream, length: int) -> bytes:
+    parts, left = [], length
+    while left > 0:
+        block = stream.read(left)
+        if not block:
+            break
+        parts.append(block)
+        left -= len(block)
+    return b"".join(parts)
 
 
 def needs_transfer(target: Store, source_manifest: ObjectManifest, target_info: ObjectInfo | None) -> bool:

@@ -7,8 +7,11 @@ and rebuilds what differs. Nothing but the range's two keys goes through workflo
 
 from __future__ import annotations
 
+import contextvars
 import heapq
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, Field
 from temporalio import activity
@@ -28,7 +31,7 @@ from activities.transfer.delta import (
 )
 from activities.transfer.layout import user_objects
 from activities.transfer.ledger import record_created
-from activities.transfer.manifest import fingerprint
+from activities.transfer.manifest import ObjectManifest, fingerprint
 
 GiB = 1 << 30
 
@@ -61,14 +64,18 @@ class ApplyInput(BaseModel):
 
 
 class ApplyProgress(BaseModel):
-    """Heartbeat details of apply_range: the object in flight and what has crossed so far.
+    """Heartbeat details of apply_range: objects in flight and what has crossed so far.
 
     Objects finished by an earlier attempt already equal the source at the target and are skipped
-    by the comparison itself, so only transfer counters need to survive a retry.
+    by the comparison itself, so only in-flight uploads and transfer counters survive a retry.
     """
 
-    current: ObjectProgress | None = None
+    in_flight: dict[str, ObjectProgress] = Field(default_factory=dict)
     moved: Totals = Field(default_factory=Totals)
+
+
+#: Objects rebuilt at once (rclone's default --transfers is 4 as well).
+PARALLEL_OBJECTS = 4
 
 
 @activity.defn
@@ -116,6 +123,49 @@ def _merged(
         yield pending
 
 
+def _rebuild_all(source: Store, target: Store, manifests: list[ObjectManifest], index: ChunkIndex,
+                 progress: ApplyProgress) -> None:  # fmt: skip
+    """Rebuild objects in parallel; one lock guards the progress that every heartbeat reports."""
+    lock = threading.Lock()
+    partial: dict[str, Totals] = {}
+    committed = progress.moved
+
+    def beat() -> None:
+        moved = committed
+        for totals in partial.values():
+            moved = moved.add(totals)
+        progress.moved = moved
+        activity.heartbeat(progress.model_dump(mode="json"))
+
+    def rebuild_one(manifest: ObjectManifest) -> None:
+        nonlocal committed
+        key = manifest.key
+
+        def report(current: ObjectProgress, moved: Totals) -> None:
+            with lock:
+                progress.in_flight[key], partial[key] = current, moved.model_copy()
+                beat()
+
+        rebuild = Rebuild(source, target, manifest, index, report)
+        try:
+            rebuild.run(progress.in_flight.get(key))
+        except CorruptionError as error:
+            raise ApplicationError(str(error), type="CorruptionError", non_retryable=True) from error
+        index.add(manifest)  # later objects may reuse its chunks
+        with lock:
+            progress.in_flight.pop(key, None)
+            partial.pop(key, None)
+            committed = committed.add(rebuild.totals).add(Totals(objects_changed=1))
+            beat()
+
+    # Pool threads need the activity's context (heartbeats are context-bound): one copy per task.
+    with ThreadPoolExecutor(max_workers=PARALLEL_OBJECTS, thread_name_prefix="skyshift-rebuild") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, rebuild_one, m) for m in manifests]
+        for future in futures:
+            future.result()  # re-raise the first failure; the rest finish or fail on their own
+    progress.moved = committed
+
+
 @activity.defn
 @fail_fast_on_permanent_errors
 def apply_range(request: ApplyInput) -> Totals:
@@ -124,7 +174,7 @@ def apply_range(request: ApplyInput) -> Totals:
     details = activity.info().heartbeat_details
     progress = ApplyProgress.model_validate(details[0]) if details else ApplyProgress()
     listed = Totals()
-    changed: list[tuple[ObjectInfo, ObjectInfo | None]] = []
+    changed: list[tuple[ObjectManifest, ObjectInfo | None]] = []  # bounded by the range's max_bytes
     deletes: list[str] = []
     for key, src, dst in _merged(source, target, request):
         if src is None:
@@ -135,36 +185,20 @@ def apply_range(request: ApplyInput) -> Totals:
         listed.bytes_total += src.size
         listed.chunks_total += len(manifest.chunks)
         if needs_transfer(target, manifest, dst):
-            changed.append((src, dst))
+            changed.append((manifest, dst))
     if request.ledger_key and not request.dry_run:
-        record_created(target, request.ledger_key, [s.key for s, d in changed if d is None])
-    index = ChunkIndex.for_keys(target, [s.key for s, _ in changed])
-    for src, _ in changed:
-        manifest = source_manifest(source, src)
-        if request.dry_run:
+        record_created(target, request.ledger_key, [m.key for m, d in changed if d is None])
+    index = ChunkIndex.for_keys(target, [m.key for m, _ in changed])
+    if request.dry_run:
+        for manifest, _ in changed:
             missing = [c for c in manifest.chunks if c.digest not in index.where]
             progress.moved = progress.moved.add(
                 Totals(
                     objects_changed=1, chunks_transferred=len(missing), bytes_transferred=sum(c.length for c in missing)
                 )
             )
-            continue
-        resume = progress.current if progress.current and progress.current.key == src.key else None
-        moved_before = progress.moved
-
-        def report(current: ObjectProgress, moved: Totals, before: Totals = moved_before) -> None:
-            progress.current, progress.moved = current, before.add(moved)
-            activity.heartbeat(progress.model_dump(mode="json"))
-
-        rebuild = Rebuild(source, target, manifest, index, report)
-        try:
-            rebuild.run(resume)
-        except CorruptionError as error:
-            raise ApplicationError(str(error), type="CorruptionError", non_retryable=True) from error
-        index.add(manifest)  # later objects in the batch may reuse its chunks
-        progress.current = None
-        progress.moved = moved_before.add(rebuild.totals).add(Totals(objects_changed=1))
-        activity.heartbeat(progress.model_dump(mode="json"))
+    else:
+        _rebuild_all(source, target, [m for m, _ in changed], index, progress)
     if request.delete:
         for key in deletes:
             progress.moved.objects_deleted += 1
