@@ -61,12 +61,15 @@ def digest(data: bytes | memoryview) -> str:
 
 
 def chunk_stream(
-    stream: BinaryIO, params: ChunkParams, window: int = 64 * MiB, with_data: bool = True
+    stream: BinaryIO, params: ChunkParams, window: int = 64 * MiB, with_data: bool = True, size_hint: int | None = None
 ) -> Iterator[tuple[Chunk, bytes | None]]:
     """Yield (chunk, its bytes or None) for a stream, holding at most about `window` bytes.
 
-    Hashing reads the buffer in place; bytes are copied out only when the caller wants them.
+    Hashing reads the buffer in place; bytes are copied out only when the caller wants them. With
+    `size_hint` a small object gets a small buffer (a million tiny objects must not cost 64 MiB each).
     """
+    if size_hint is not None:
+        window = min(window, size_hint + 1)
     window = max(window, 4 * params.max_size)
     buffer = bytearray(window)
     filled, base, eof = 0, 0, False  # buffer[:filled] holds stream bytes from offset `base`

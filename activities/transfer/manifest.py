@@ -46,7 +46,7 @@ def save_manifest(store: Store, manifest: ObjectManifest) -> None:
 def compute_manifest(store: Store, info: ObjectInfo) -> ObjectManifest:
     params = params_for_size(info.size)
     with store.open_read(info.key) as stream:
-        chunks = [chunk for chunk, _ in chunk_stream(stream, params, with_data=False)]
+        chunks = [chunk for chunk, _ in chunk_stream(stream, params, with_data=False, size_hint=info.size)]
     return ObjectManifest(
         key=info.key, size=info.size, etag=info.etag, params=params, chunks=chunks, root=merkle_root(chunks)
     )
