@@ -2,6 +2,7 @@
 
 A change to the workflow that would break running migrations fails here; put it behind
 `workflow.patched(...)` or record new histories (`temporal workflow show -o json`) for a new version.
+Files are named `<scenario>@<workflow id>.json`: child workflow ids derive from the workflow id.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from workflows.migration import MigrationWorkflow
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
-@pytest.mark.parametrize("history", [WorkflowHistory.from_json(p.stem, p.read_text()) for p in HISTORIES],
-                         ids=[p.stem for p in HISTORIES])  # fmt: skip
+@pytest.mark.parametrize("history", [WorkflowHistory.from_json(p.stem.split("@")[1], p.read_text()) for p in HISTORIES],
+                         ids=[p.stem.split("@")[0] for p in HISTORIES])  # fmt: skip
 async def test_recorded_demo_history_replays(history: WorkflowHistory):
     replayer = Replayer(workflows=[MigrationWorkflow], data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
@@ -27,4 +28,4 @@ async def test_recorded_demo_history_replays(history: WorkflowHistory):
 
 
 def test_histories_cover_completion_and_rollback():
-    assert {p.stem for p in HISTORIES} >= {"demo_ok", "demo_regression"}
+    assert {p.stem.split("@")[0] for p in HISTORIES} >= {"demo_ok", "demo_regression"}
