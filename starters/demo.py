@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
+from activities.stores import open_store
 from skyshift.runtime import connect, load_stack_env, state_dir
 from starters import devstack, operate, render
 from starters.load import LoadGenerator
 from starters.processes import ProcessGroup
-from starters.seed import ensure_bucket, seed_source
+from starters.seed import ensure_bucket, seed_source, shard_bytes
 from workflows.plan import MigrationPlan, parse_plan
 from workflows.state import MigrationState
 
@@ -30,6 +31,7 @@ SOURCE_ENV, TARGET_ENV = "aws-us-east-1", "nebius-eu-north1"
 SOURCE_URL, TARGET_URL = "s3://skyshift-demo-src/ml", "gs://skyshift-demo-dst/ml"
 SERVED_CHECKPOINT = "checkpoints/tiny-mlp/model.pt"
 REGRESSION_STAGE = "25pct"
+SHARDS = 16
 LOAD_RPS = 150
 DEADLINE_S = 600
 
@@ -104,6 +106,12 @@ class DemoOperator:
         self.load.start()
         self.say(f"generating {LOAD_RPS} requests/s through the router")
 
+    def keep_training(self) -> None:
+        """The source pipeline kept writing during the cutover: the final sync must move only that."""
+        key = f"datasets/tokens/shard-{SHARDS:05d}.txt"
+        open_store(SOURCE_URL).put_bytes(key, shard_bytes(SHARDS + int(time.time()) % 1000))
+        self.say(f"the source pipeline wrote one more shard ({key}) during the cutover")
+
     def degrade_target(self) -> None:
         body = json.dumps({"latency_factor": 1.4}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{self.ports['target']}/-/faults", data=body, method="PUT")
@@ -120,6 +128,8 @@ class DemoOperator:
             return
         if gate.stage == "poc" and self.load is None:
             self.deploy_target()
+        if gate.stage == "decommission":
+            self.keep_training()
         await operate.approve(client, workflow_id, gate.stage, by="skyshift-demo", note="auto-approved by the demo")
 
 

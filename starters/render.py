@@ -67,6 +67,8 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
         last = windows[-1]
         lines.append(f"            last ({last.subject}): {last.outcome}: {last.summary}")
     d = state.decommission
+    for t in d.final_sync:
+        lines.append(f"  final:    {transfer_line(t)}")
     if d.archived_objects or d.released:
         released = sum(r.objects_deleted for r in d.released)
         lines.append(

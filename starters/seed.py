@@ -73,10 +73,20 @@ def _put(store: Store, key: str, make: Callable[[], bytes], cache: Path) -> int:
 
 
 def seed_source(url: str, cache: Path, shards: int = 16) -> dict[str, int]:
-    """Create the bucket and upload dataset shards and two checkpoints; return bytes per workload."""
+    """Create the bucket and upload dataset shards and two checkpoints; return bytes per workload.
+
+    Shards beyond `shards` (written by an earlier demo's "pipeline") are removed first, so every
+    run starts from the same dataset.
+    """
     store = open_store(url)
     if hasattr(store, "ensure_bucket"):
         store.ensure_bucket()
+    for extra in [o for o in store.list("datasets/tokens") if int(o.key.rsplit("-", 1)[1].split(".")[0]) >= shards]:
+        store.remove(extra.key)
+    return _seed(store, cache, shards)
+
+
+def _seed(store: Store, cache: Path, shards: int) -> dict[str, int]:
     tokens = sum(
         _put(store, f"datasets/tokens/shard-{i:05d}.txt", partial(shard_bytes, i), cache) for i in range(shards)
     )
