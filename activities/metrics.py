@@ -1,13 +1,17 @@
 """Metrics providers: read request counts, errors and latency histograms from both deployments.
 
-Endpoints expose Prometheus text (`/metrics`). A scrape returns cumulative counters; a window is
-the difference of two scrapes, so the workflow keeps only the previous snapshot (a few numbers),
-never raw samples.
+Two providers, chosen by the plan: `scrape` reads each endpoint's Prometheus text (`/metrics`);
+`prometheus` asks a Prometheus server (`/api/v1/query`) with PromQL templates from the plan and
+the endpoint's label matchers. Both return cumulative counters; a window is the difference of two
+snapshots, so the workflow keeps only the previous snapshot (a few numbers), never raw samples.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 import urllib.request
+from typing import Annotated, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +35,37 @@ class EndpointPair(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     source_url: str = Field(pattern=r"^https?://", description="Base URL of the source deployment (serves /metrics)")
     target_url: str = Field(pattern=r"^https?://", description="Base URL of the target deployment (serves /metrics)")
+    source_labels: str = Field("", description='PromQL label matchers for the source, e.g. job="chat",env="aws"')
+    target_labels: str = Field("", description="PromQL label matchers for the target")
+
+
+class PromQueries(BaseModel):
+    """PromQL templates; `{labels}` becomes the endpoint side's label matchers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: str = "sum(skyshift_requests_total{{{labels}}})"
+    errors: str = "sum(skyshift_request_errors_total{{{labels}}})"
+    buckets: str = "sum by (le) (skyshift_request_latency_seconds_bucket{{{labels}}})"
+    count: str = "sum(skyshift_request_latency_seconds_count{{{labels}}})"
+    sum: str = "sum(skyshift_request_latency_seconds_sum{{{labels}}})"
+
+
+class ScrapeProvider(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["scrape"] = "scrape"
+
+
+class PrometheusProvider(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["prometheus"]
+    url: str = Field(pattern=r"^https?://", description="Prometheus server, e.g. http://prometheus:9090")
+    queries: PromQueries = Field(default_factory=PromQueries)
+
+
+MetricsProvider = Annotated[ScrapeProvider | PrometheusProvider, Field(discriminator="kind")]
 
 
 class Histogram(BaseModel):
@@ -57,6 +92,7 @@ class EndpointSnapshot(BaseModel):
 
 class ScrapeInput(BaseModel):
     endpoints: list[EndpointPair]
+    provider: MetricsProvider = Field(default_factory=ScrapeProvider)
     timeout_seconds: float = 5.0
 
 
@@ -94,13 +130,50 @@ def scrape(url: str, timeout: float) -> SideSnapshot:
         return SideSnapshot(url=url, ok=False, error=f"{type(error).__name__}: {error}")
 
 
+def _instant(base: str, query: str, timeout: float) -> list[tuple[dict[str, str], float]]:
+    url = f"{base.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body = json.loads(response.read())
+    if body.get("status") != "success":
+        raise ValueError(f"Prometheus refused {query!r}: {body.get('error', body)}")
+    return [(item["metric"], float(item["value"][1])) for item in body["data"]["result"]]
+
+
+def query_prometheus(provider: PrometheusProvider, labels: str, url: str, timeout: float) -> SideSnapshot:
+    """One side's cumulative counters from a Prometheus server, shaped like a direct scrape."""
+    q = provider.queries
+
+    def scalar(template: str) -> float:
+        return sum(value for _, value in _instant(provider.url, template.format(labels=labels), timeout))
+
+    try:
+        buckets = {
+            float(metric["le"]): value
+            for metric, value in _instant(provider.url, q.buckets.format(labels=labels), timeout)
+            if metric.get("le") not in (None, "+Inf")
+        }
+        bounds = sorted(buckets)
+        histogram = Histogram(bounds=bounds, cumulative=[buckets[b] for b in bounds], count=scalar(q.count),
+                              sum=scalar(q.sum)) if bounds else None  # fmt: skip
+        return SideSnapshot(url=url, ok=True, requests=scalar(q.requests), errors=scalar(q.errors), latency=histogram)
+    except (OSError, ValueError, KeyError) as error:
+        return SideSnapshot(url=url, ok=False, error=f"{type(error).__name__}: {error}")
+
+
 @activity.defn
 def scrape_endpoints(request: ScrapeInput) -> list[EndpointSnapshot]:
+    provider, timeout = request.provider, request.timeout_seconds
+
+    def side(url: str, labels: str) -> SideSnapshot:
+        if isinstance(provider, PrometheusProvider):
+            return query_prometheus(provider, labels, url, timeout)
+        return scrape(url, timeout)
+
     return [
         EndpointSnapshot(
             endpoint=pair.name,
-            source=scrape(pair.source_url, request.timeout_seconds),
-            target=scrape(pair.target_url, request.timeout_seconds),
+            source=side(pair.source_url, pair.source_labels),
+            target=side(pair.target_url, pair.target_labels),
         )
         for pair in request.endpoints
     ]

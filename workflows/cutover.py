@@ -103,7 +103,7 @@ class StagedCutover:
     async def _scrape(self):
         return await workflow.execute_activity(
             scrape_endpoints,
-            ScrapeInput(endpoints=self.plan.workloads.endpoints),
+            ScrapeInput(endpoints=self.plan.workloads.endpoints, provider=self.plan.workloads.metrics),
             task_queue=CONTROL_TASK_QUEUE,
             start_to_close_timeout=QUICK,
             summary="scrape metrics from both sides",

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from activities.metrics import EndpointPair
+from activities.metrics import EndpointPair, MetricsProvider, ScrapeProvider
 from activities.stores.base import StoreSpec
 from activities.traffic import RouterSpec
 
@@ -103,6 +103,7 @@ class Workloads(_Model):
     checkpoints: list[Checkpoint] = Field(default_factory=list)
     endpoints: list[EndpointPair] = Field(default_factory=list)
     router: RouterSpec | None = None
+    metrics: MetricsProvider = Field(default_factory=ScrapeProvider, description="Where endpoint metrics are read")
 
     @model_validator(mode="after")
     def _check(self) -> Workloads:
