@@ -187,3 +187,25 @@ async def _wait_for_parts(handle: WorkflowHandle, at_least: int, timeout: float 
                     return parts
         await asyncio.sleep(0.05)
     raise AssertionError("the transfer never reported progress")
+
+
+async def test_a_long_sync_continues_as_new_and_keeps_every_history_small(client, tmp_path):
+    source, target = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
+    store = open_store(source)
+    for i in range(30):
+        store.put_bytes(f"ds/obj-{i:03d}.bin", os.urandom(1000))
+    env = f"can-{suffix()}"
+    request = SyncInput(source=StoreSpec(url=source), target=StoreSpec(url=target), source_queue=task_queue_for(env),
+                        target_queue=task_queue_for(env), batch_objects=2, max_history_events=40)  # fmt: skip
+    async with running_workers(client, env):
+        handle = await client.start_workflow(DatasetSyncWorkflow.run, request, id=f"can-{suffix()}",
+                                             task_queue=CONTROL_TASK_QUEUE)  # fmt: skip
+        result = await handle.result()
+        lengths = []
+        async for execution in client.list_workflows(f'WorkflowId="{handle.id}"'):
+            history = await client.get_workflow_handle(handle.id, run_id=execution.run_id).fetch_history()
+            lengths.append(len(history.events))
+    assert result.totals.objects_changed == 30 and result.batches == 15
+    assert result.runs > 1 and len(lengths) == result.runs
+    assert max(lengths) < 80, lengths
+    assert sorted(o.key for o in open_store(target).list("ds")) == [f"ds/obj-{i:03d}.bin" for i in range(30)]

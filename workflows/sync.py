@@ -35,6 +35,7 @@ class SyncInput(BaseModel):
     batch_objects: int = Field(500, ge=1)
     batch_bytes: int = Field(8 << 30, ge=1)
     heartbeat_timeout_s: int = Field(300, ge=1, description="A silent worker is presumed dead after this long")
+    max_history_events: int = Field(MAX_HISTORY_EVENTS, ge=20, description="Continue as new past this many events")
     # Carried across continue-as-new:
     cursor: str | None = None
     totals: Totals = Field(default_factory=Totals)
@@ -99,7 +100,7 @@ class DatasetSyncWorkflow:
             if scanned.done:
                 break
             info = workflow.info()
-            if info.get_current_history_length() > MAX_HISTORY_EVENTS or info.is_continue_as_new_suggested():
+            if info.get_current_history_length() > request.max_history_events or info.is_continue_as_new_suggested():
                 workflow.continue_as_new(request.model_copy(update={"runs": request.runs + 1}))
         egress = request.totals.bytes_transferred
         return SyncResult(
