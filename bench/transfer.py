@@ -200,13 +200,23 @@ def main() -> int:
         shutil.rmtree(home, ignore_errors=True)
 
 
+class Report(list):
+    """Lines of the result table, each printed as soon as it is measured."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
 def run(home: Path, env: dict, args) -> int:
     data, mirror, shards = home / "data", home / "rsync-mirror", 16
     print(f"generating {2 * args.big_size_mib} MiB of packed corpus, {shards} x 32 MiB shards, a 264 MiB checkpoint...",
           file=sys.stderr)  # fmt: skip
     generate(data, 2, args.big_size_mib * MiB, shards)
     total = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
-    lines = [f"dataset: {total / GiB:.2f} GiB in {sum(1 for p in data.rglob('*') if p.is_file())} files", ""]
+    lines = Report()
+    lines.append(f"dataset: {total / GiB:.2f} GiB in {sum(1 for p in data.rglob('*') if p.is_file())} files")
+    lines.append("")
 
     raw, fp = fingerprint_throughput(data / "corpus" / "packed-0.bin")
     lines.append(f"fingerprint (FastCDC + BLAKE3, one core): {fp:.2f} GB/s; raw sequential read {raw:.2f} GB/s "
@@ -222,8 +232,9 @@ def run(home: Path, env: dict, args) -> int:
                  "GCS-emulator endpoint setting here, so this row has no peer")  # fmt: skip
     subprocess.run(["rsync", "-a", f"{data}/", f"{mirror}/"], check=True)
 
-    lines += ["", "incremental edit                      changed      skyshift       rclone        rsync   "
-              "sky/rclone  sky/rsync"]  # fmt: skip
+    lines.append("")
+    lines.append("incremental edit                      changed      skyshift       rclone        rsync   "
+              "sky/rclone  sky/rsync")  # fmt: skip
     for name, edit in (("(a) 8 shards appended", lambda: edit_append(data, shards)),
                        ("(b) 1% edited in place, 2 big files", lambda: edit_in_place(data)),
                        ("(c) fine-tuned checkpoint, same base", lambda: edit_finetune(data))):  # fmt: skip
@@ -236,14 +247,14 @@ def run(home: Path, env: dict, args) -> int:
                      f"{rsync_bytes / MiB:9.1f} MiB {ours_bytes / max(theirs_bytes, 1):9.3f} "
                      f"{ours_bytes / max(rsync_bytes, 1):9.2f}")  # fmt: skip
 
-    lines += ["", "chunk size (avg) for objects > 4 MiB: bytes sent for a fresh edit like (b), local → local"]
+    lines.append("")
+    lines.append("chunk size (avg) for objects > 4 MiB: bytes sent for a fresh edit like (b), local → local")
     for label, sent in chunk_size_table(data):
         lines.append(f"  {label:>9}: {sent / MiB:8.1f} MiB")
 
     if args.objects:
         seconds, rss = many_objects_rss(home, args.objects)
         lines.append(f"\n{args.objects:,} objects local → local: {seconds:.0f}s, peak RSS {rss:.0f} MiB")
-    print("\n".join(lines))
     return 0
 
 
