@@ -232,7 +232,7 @@ def run(home: Path, env: dict, args) -> int:
     shard_bytes = sum(p.stat().st_size for p in (data / "shards").iterdir())
     (_, _), s3_gcs = timed(lambda: engine_sync("s3://bench-skyshift", "gs://bench-gcs", "shards"))
     lines.append(f"initial S3 → GCS (shards, {shard_bytes / MiB:.0f} MiB): skyshift {s3_gcs:.1f}s "
-                 f"({shard_bytes / s3_gcs / 1e6:.0f} MB/s); no peer (rclone cannot target the GCS emulator)")  # fmt: skip
+                 f"({shard_bytes / s3_gcs / 1e6:.0f} MB/s); no peer (rclone cannot reach the emulator)")  # fmt: skip
     subprocess.run(["rsync", "-a", f"{data}/", f"{mirror}/"], check=True)
 
     lines.append("")
