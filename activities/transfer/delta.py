@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import posixpath
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -28,6 +30,7 @@ MiB = 1 << 20
 #: what a resumed attempt re-sends (S3's minimum part is 5 MiB). Runs are streamed chunk by chunk,
 #: so a long run costs one request, not memory; MAX_RANGE only bounds one request's duration.
 PART_SIZE = 8 * MiB
+MAX_PARTS_IN_FLIGHT = 4
 MAX_RANGE = 1024 * MiB
 REFETCH_ATTEMPTS = 2
 
@@ -168,27 +171,42 @@ class Rebuild:
 
     def _multipart(self, resume: ObjectProgress | None) -> ObjectInfo:
         part_size = max(PART_SIZE, math.ceil(self.manifest.size / 9_000))  # S3 allows 10,000 parts
+        # Parts in flight are lost if the worker dies: keep them under ~2.5% of the object.
+        in_flight = max(1, min(MAX_PARTS_IN_FLIGHT, self.manifest.size // (40 * part_size)))
         writer = self.target.open_multipart(self.manifest.key, resume.upload_id if resume else None)
-        progress = ObjectProgress(
-            key=self.manifest.key, upload_id=writer.upload_id, parts=list(resume.parts) if resume else []
-        )
+        parts = list(resume.parts) if resume else []
+        progress = ObjectProgress(key=self.manifest.key, upload_id=writer.upload_id, parts=parts)
         done = sum(p.size for p in progress.parts)
         buffer = bytearray()
         skip = done - max((c.offset for c in self.manifest.chunks if c.offset <= done), default=0)
-        try:
-            for data in self._verified_chunks(done):
-                buffer += data[skip:]
-                skip = 0
-                while len(buffer) >= part_size:
-                    progress.parts.append(writer.put_part(len(progress.parts) + 1, bytes(buffer[:part_size])))
-                    del buffer[:part_size]
-                    self.report(progress, self.totals)
-            if buffer or not progress.parts:
-                progress.parts.append(writer.put_part(len(progress.parts) + 1, bytes(buffer)))
-            return writer.complete(progress.parts)
-        except CorruptionError:
-            writer.abort()
-            raise
+        pending: deque[Future[PartInfo]] = deque()
+        next_number = len(progress.parts) + 1
+
+        def settle(keep: int) -> None:
+            """Wait for the oldest parts until at most `keep` are in flight; report them in order."""
+            while len(pending) > keep:
+                progress.parts.append(pending.popleft().result())
+                self.report(progress, self.totals)
+
+        with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="skyshift-part") as uploads:
+            try:
+                for data in self._verified_chunks(done):
+                    buffer += data[skip:]
+                    skip = 0
+                    while len(buffer) >= part_size:
+                        settle(in_flight - 1)
+                        pending.append(uploads.submit(writer.put_part, next_number, bytes(buffer[:part_size])))
+                        next_number += 1
+                        del buffer[:part_size]
+                if buffer or next_number == 1:
+                    pending.append(uploads.submit(writer.put_part, next_number, bytes(buffer)))
+                settle(0)
+            except CorruptionError:
+                for future in pending:
+                    future.cancel()
+                writer.abort()
+                raise
+        return writer.complete(progress.parts)
 
 
 def _read_exact(stream, length: int) -> bytes:
