@@ -98,11 +98,12 @@ class _Run:
 
     local_key: str | None
     start: int
+    end: int
     chunks: list[Chunk]
 
-    @property
-    def end(self) -> int:
-        return self.start + sum(c.length for c in self.chunks)
+    def append(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.end += chunk.length
 
 
 def plan_runs(chunks: list[Chunk], index: ChunkIndex) -> Iterator[_Run]:
@@ -112,11 +113,11 @@ def plan_runs(chunks: list[Chunk], index: ChunkIndex) -> Iterator[_Run]:
         location = index.where.get(chunk.digest)
         local_key, start = (location.key, location.offset) if location else (None, chunk.offset)
         if run and run.local_key == local_key and run.end == start and run.end - run.start + chunk.length <= MAX_RANGE:
-            run.chunks.append(chunk)
+            run.append(chunk)
             continue
         if run:
             yield run
-        run = _Run(local_key, start, [chunk])
+        run = _Run(local_key, start, start + chunk.length, [chunk])
     if run:
         yield run
 
