@@ -91,7 +91,10 @@ class LocalStore(Store):
         path = self._path(key)
         if not path.is_file():
             raise StoreError(f"{self.url}: no object {key!r}")
-        return io.BufferedReader(_RangeReader(path, start, end), buffer_size=1 << 20)  # type: ignore[return-value]
+        # A buffer no larger than what will be read: a million tiny reads must not each cost 1 MiB.
+        wanted = (end if end is not None else path.stat().st_size) - start
+        buffer = min(1 << 20, max(8 << 10, wanted))
+        return io.BufferedReader(_RangeReader(path, start, end), buffer_size=buffer)  # type: ignore[return-value]
 
     def _atomic_write(self, key: str, write) -> ObjectInfo:
         target = self._path(key)
