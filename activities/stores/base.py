@@ -6,6 +6,7 @@ import abc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -87,6 +88,8 @@ class Capabilities(BaseModel):
     """Optional features a backend declares; the engine checks these and falls back."""
 
     ranged_read: bool = True
+    #: No adapter implements a copy operation yet (S3 UploadPartCopy / GCS rewrite would let the
+    #: engine reuse unchanged runs without re-uploading them); False everywhere until one does.
     server_side_copy: bool = False
     multipart_writer: bool = False
     #: Largest object a single server-side copy call may produce, if limited.
@@ -162,3 +165,19 @@ class Store(abc.ABC):
 
     def exists(self, key: str) -> bool:
         return self.info(key) is not None
+
+
+class BucketStore(Store):
+    """A store rooted at `scheme://bucket/prefix`: skyshift keys map to provider keys under the prefix."""
+
+    def __init__(self, spec: StoreSpec) -> None:
+        super().__init__(spec)
+        parsed = urlparse(spec.url)
+        self.bucket_name = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, safe_key(key))
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key

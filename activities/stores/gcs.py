@@ -8,36 +8,31 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlparse
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from activities.stores.base import (
+    BucketStore,
     Capabilities,
     ObjectInfo,
     PartInfo,
     PartWriter,
-    Store,
     StoreError,
     StoreSpec,
     directory_prefix,
     join_key,
-    safe_key,
 )
 
 _MiB = 1 << 20
 
 
-class GCSStore(Store):
-    capabilities = Capabilities(ranged_read=True, server_side_copy=True, multipart_writer=True, max_parts=32)
+class GCSStore(BucketStore):
+    capabilities = Capabilities(ranged_read=True, multipart_writer=True, max_parts=32)
 
     def __init__(self, spec: StoreSpec) -> None:
         super().__init__(spec)
-        parsed = urlparse(spec.url)
-        self.bucket_name = parsed.netloc
-        self.prefix = parsed.path.strip("/")
         self.client = self._client(spec)
         self.bucket = self.client.bucket(self.bucket_name)
 
@@ -55,12 +50,6 @@ class GCSStore(Store):
                 raise StoreError(f"{spec.url}: credential '{spec.credentials}' is not configured; set {variable}")
             return storage.Client.from_service_account_json(path)
         return storage.Client()
-
-    def _key(self, key: str) -> str:
-        return join_key(self.prefix, safe_key(key))
-
-    def _relative(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     @staticmethod
     def _etag(blob: storage.Blob) -> str:

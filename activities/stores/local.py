@@ -50,7 +50,7 @@ class _RangeReader(io.RawIOBase):
 
 
 class LocalStore(Store):
-    capabilities = Capabilities(ranged_read=True, server_side_copy=True, multipart_writer=True)
+    capabilities = Capabilities(ranged_read=True, multipart_writer=True)
 
     def __init__(self, spec: StoreSpec) -> None:
         super().__init__(spec)

@@ -8,7 +8,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlparse
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -16,16 +15,14 @@ from botocore.exceptions import ClientError
 
 from activities.aws import aws_client
 from activities.stores.base import (
+    BucketStore,
     Capabilities,
     ObjectInfo,
     PartInfo,
     PartWriter,
-    Store,
     StoreError,
     StoreSpec,
     directory_prefix,
-    join_key,
-    safe_key,
 )
 
 _MiB = 1 << 20
@@ -41,11 +38,10 @@ def _failure(url: str, action: str, error: ClientError) -> StoreError:
     return StoreError(f"{url}: cannot {action}: {code or error}{hint}", permanent=code in _PERMANENT)
 
 
-class S3Store(Store):
+class S3Store(BucketStore):
     # Provider limits are data the transfer engine reads, not branches in it.
     capabilities = Capabilities(
         ranged_read=True,
-        server_side_copy=True,
         multipart_writer=True,
         max_single_copy_bytes=5 * _GiB,
         max_parts=10_000,
@@ -54,21 +50,13 @@ class S3Store(Store):
 
     def __init__(self, spec: StoreSpec) -> None:
         super().__init__(spec)
-        parsed = urlparse(spec.url)
-        self.bucket = parsed.netloc
-        self.prefix = parsed.path.strip("/")
+        self.bucket = self.bucket_name
         self.client = self._client(spec)
         self._transfer = TransferConfig(multipart_threshold=64 * _MiB, multipart_chunksize=64 * _MiB, max_concurrency=8)
 
     @staticmethod
     def _client(spec: StoreSpec):
         return aws_client("s3", spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3"), spec.credentials, max_pool=32)
-
-    def _key(self, key: str) -> str:
-        return join_key(self.prefix, safe_key(key))
-
-    def _relative(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         full = directory_prefix(self.prefix, prefix)
