@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from activities.stores import ObjectInfo, PartInfo, Store
 from activities.transfer.chunking import Chunk, digest
-from activities.transfer.manifest import ObjectManifest, fingerprint, load_manifest, manifest_key, save_manifest
+from activities.transfer.manifest import ObjectManifest, fingerprint, save_manifest
 
 MiB = 1 << 20
 #: Bytes fetched past the last committed part are lost if the worker dies: the part size bounds
@@ -227,16 +227,4 @@ def needs_transfer(target: Store, source_manifest: ObjectManifest, target_info: 
         return True
     if target_info.size != source_manifest.size:
         return True
-    target_manifest = load_manifest(target, target_info) or fingerprint(target, target_info)[0]
-    return target_manifest.root != source_manifest.root
-
-
-def source_manifest(source: Store, info: ObjectInfo) -> ObjectManifest:
-    """The manifest the source worker cached; computed here only if it is missing (reads the source)."""
-    return load_manifest(source, info) or fingerprint(source, info)[0]
-
-
-def remove_with_manifest(store: Store, key: str) -> bool:
-    removed = store.remove(key)
-    store.remove(manifest_key(key))
-    return removed
+    return fingerprint(target, target_info)[0].root != source_manifest.root

@@ -13,6 +13,7 @@ from temporalio import activity
 
 from activities.stores import Store, StoreSpec, join_key, open_store
 from activities.transfer.layout import INTERNAL_PREFIX
+from activities.transfer.manifest import remove_with_manifest
 
 
 class LedgerInput(BaseModel):
@@ -35,8 +36,6 @@ def record_created(target: Store, key: str, created: list[str]) -> None:
 @activity.defn
 def remove_created(request: LedgerInput) -> int:
     """Compensation for a migration's copies: delete the objects it created, then the ledger."""
-    from activities.transfer.delta import remove_with_manifest
-
     target = open_store(request.target)
     if not target.exists(request.ledger_key):
         return 0

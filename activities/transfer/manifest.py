@@ -52,6 +52,13 @@ def compute_manifest(store: Store, info: ObjectInfo) -> ObjectManifest:
     )
 
 
+def remove_with_manifest(store: Store, key: str) -> bool:
+    """Delete an object and its cached manifest; False when the object was already gone."""
+    removed = store.remove(key)
+    store.remove(manifest_key(key))
+    return removed
+
+
 def fingerprint(store: Store, info: ObjectInfo) -> tuple[ObjectManifest, bool]:
     """The object's manifest and whether its bytes had to be read (False: served from cache)."""
     cached = load_manifest(store, info)

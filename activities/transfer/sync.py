@@ -26,12 +26,10 @@ from activities.transfer.delta import (
     Rebuild,
     Totals,
     needs_transfer,
-    remove_with_manifest,
-    source_manifest,
 )
 from activities.transfer.layout import user_objects
 from activities.transfer.ledger import record_created
-from activities.transfer.manifest import ObjectManifest, fingerprint
+from activities.transfer.manifest import ObjectManifest, fingerprint, remove_with_manifest
 
 GiB = 1 << 30
 
@@ -180,7 +178,7 @@ def apply_range(request: ApplyInput) -> Totals:
         if src is None:
             deletes.append(key)
             continue
-        manifest = source_manifest(source, src)
+        manifest, _ = fingerprint(source, src)  # cached by the source worker
         listed.objects_total += 1
         listed.bytes_total += src.size
         listed.chunks_total += len(manifest.chunks)
