@@ -1,9 +1,10 @@
 """Decommission steps: archive what the source held, prove the target holds it, release the source.
 
-The archive manifest (every key, size and BLAKE3) is hashed on the source side, where reads are
-in-region and free, and written to both stores. The target side re-hashes its copies against it.
-Only then may the source copies be deleted, and only those whose bytes still match the manifest,
-so data written at the source after archiving is never lost.
+The archive manifest (every key, size and BLAKE3 Merkle root) comes from the source side's object
+manifests, cached by etag, so after the final sync nothing is read again; it is written to both
+stores. The target side checks its copies' roots against it. Only then may the source copies be
+deleted, and only those whose content still matches, so data written at the source after archiving
+is never lost (a rewrite changes the etag, which forces a fresh fingerprint).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import StoreSpec, join_key, open_store
-from activities.transfer.hashing import hash_object
 from activities.transfer.layout import INTERNAL_PREFIX, user_objects
+from activities.transfer.manifest import fingerprint, remove_with_manifest
 
 
 class ArchiveEntry(BaseModel):
     key: str
     size: int
-    blake3: str
+    root: str = Field(description="BLAKE3 Merkle root of the object's chunks")
 
 
 class ArchiveInput(BaseModel):
@@ -67,12 +68,12 @@ def _read_manifest(store, key: str) -> list[ArchiveEntry]:
 @activity.defn
 @fail_fast_on_permanent_errors
 def archive_workload(request: ArchiveInput) -> ArchiveResult:
-    """Source side: hash every object and write the manifest to the source and the target store."""
+    """Source side: list every object's root and write the archive manifest to both stores."""
     source, target = open_store(request.source), open_store(request.target)
     entries = []
     for obj in user_objects(source, request.path):
-        digest, size = hash_object(source, obj.key)
-        entries.append(ArchiveEntry(key=obj.key, size=size, blake3=digest))
+        manifest, _ = fingerprint(source, obj)
+        entries.append(ArchiveEntry(key=obj.key, size=obj.size, root=manifest.root))
         activity.heartbeat(len(entries))
     body = json.dumps({"migration_id": request.migration_id, "objects": [e.model_dump() for e in entries]}).encode()
     key = archive_key(request.migration_id, request.workload)
@@ -86,12 +87,13 @@ def archive_workload(request: ArchiveInput) -> ArchiveResult:
 @activity.defn
 @fail_fast_on_permanent_errors
 def verify_archive(request: ArchiveInput) -> VerifyArchiveResult:
-    """Target side: every archived object must be present with the same BLAKE3; else stop."""
+    """Target side: every archived object must be present with the same root; else stop."""
     target = open_store(request.target)
     entries = _read_manifest(target, archive_key(request.migration_id, request.workload))
     mismatched = []
     for index, entry in enumerate(entries):
-        if target.info(entry.key) is None or hash_object(target, entry.key)[0] != entry.blake3:
+        info = target.info(entry.key)
+        if info is None or fingerprint(target, info)[0].root != entry.root:
             mismatched.append(entry.key)
         activity.heartbeat(index)
     if mismatched:
@@ -114,10 +116,10 @@ def release_source(request: ArchiveInput) -> ReleaseResult:
         info = source.info(entry.key)
         if info is None:
             continue  # already released by an earlier attempt
-        if info.size != entry.size or hash_object(source, entry.key)[0] != entry.blake3:
+        if info.size != entry.size or fingerprint(source, info)[0].root != entry.root:
             kept.append(entry.key)
             continue
-        source.remove(entry.key)
+        remove_with_manifest(source, entry.key)
         deleted += 1
         released += entry.size
         activity.heartbeat(deleted)
