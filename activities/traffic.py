@@ -154,8 +154,3 @@ def route_traffic(request: RouteInput) -> Weights:
         )
     activity.logger.info("traffic now source=%d%% target=%d%% (%s)", actual.source, actual.target, request.reason)
     return actual
-
-
-@activity.defn
-def read_traffic(spec: RouterSpec) -> Weights:
-    return router_for(spec).current()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from activities.assess import inventory_storage, project_assessment
 from activities.bench import run_benchmark_activity
 from activities.metrics import scrape_endpoints
-from activities.traffic import read_traffic, route_traffic
+from activities.traffic import route_traffic
 from activities.training import train_seeded
 from activities.transfer.archive import archive_workload, release_source, verify_archive
 from activities.transfer.ledger import remove_created
@@ -34,6 +34,5 @@ CONTROL_ACTIVITIES = [
     judge_window,
     scrape_endpoints,
     route_traffic,
-    read_traffic,
 ]
 CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow]

@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.validate import JudgeWindowInput, WindowThresholds, judge_window
     from workflows.plan import CONTROL_TASK_QUEUE, Stage
     from workflows.saga import Compensation
-    from workflows.state import MAX_VERDICTS, SA_TRAFFIC, SA_VERDICT
+    from workflows.state import SA_TRAFFIC
 
 QUICK = timedelta(minutes=2)
 
@@ -133,9 +133,7 @@ class StagedCutover:
         )
         verdict = judgement.verdict
         progress.previous, progress.baselines = current, judgement.baselines
-        self.state.verdicts = [*self.state.verdicts, verdict][-MAX_VERDICTS:]
-        workflow.upsert_search_attributes([SA_VERDICT.value_set(verdict.outcome)])
-        self._details()
+        self._record_verdict(verdict)
         progress.error_streak = progress.error_streak + 1 if verdict.outcome == "error" else 0
         if verdict.outcome == "fail" or progress.error_streak >= thresholds.max_consecutive_errors:
             why = verdict.summary if verdict.outcome == "fail" else f"{progress.error_streak} windows unreadable"

@@ -27,7 +27,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.training import TrainInput, train_seeded
     from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
     from activities.transfer.ledger import LedgerInput, ledger_key
-    from activities.validate import CompareBenchInput, CompareTrainingInput, compare_benchmarks, compare_training
+    from activities.validate import (
+        CompareBenchInput,
+        CompareTrainingInput,
+        Verdict,
+        compare_benchmarks,
+        compare_training,
+    )
     from workflows.cutover import StagedCutover
     from workflows.plan import CONTROL_TASK_QUEUE, Environment, MigrationPlan
     from workflows.saga import Compensation
@@ -435,7 +441,7 @@ class MigrationWorkflow(StagedCutover):
         workflow.upsert_search_attributes([SA_PHASE.value_set(phase)])
         self._details()
 
-    def _record_verdict(self, verdict) -> None:
+    def _record_verdict(self, verdict: Verdict) -> None:
         self.state.verdicts = [*self.state.verdicts, verdict][-MAX_VERDICTS:]
         workflow.upsert_search_attributes([SA_VERDICT.value_set(verdict.outcome)])
         self._details()

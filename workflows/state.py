@@ -111,10 +111,6 @@ class MigrationState(BaseModel):
     outcome: Outcome | None = None
     outcome_reason: str = ""
 
-    @property
-    def last_verdict(self) -> Verdict | None:
-        return self.verdicts[-1] if self.verdicts else None
-
 
 class MigrationInput(BaseModel):
     plan: MigrationPlan
