@@ -29,6 +29,11 @@ class UsageError(Exception):
     """Invalid input: exit 2."""
 
 
+def rejected(what: str, error: WorkflowUpdateFailedError) -> UsageError:
+    """An update the workflow's validator refused: invalid input, with the validator's reason."""
+    return UsageError(f"{what}: rejected: {getattr(error.cause, 'message', None) or error}")
+
+
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     if getattr(args, "json", False):
         print(json.dumps(payload, default=str))
@@ -150,8 +155,7 @@ async def cmd_approve(args: argparse.Namespace, client: Client) -> int:
     try:
         stage = await operate.approve(client, args.id, args.stage, args.by, args.note)
     except WorkflowUpdateFailedError as error:
-        cause = error.cause.message if error.cause is not None and hasattr(error.cause, "message") else str(error)
-        raise UsageError(f"approve --stage {args.stage}: rejected: {cause}") from None
+        raise rejected(f"approve --stage {args.stage}", error) from None
     emit(args, {"id": args.id, "approved": stage, "by": args.by}, f"approved {stage} on {args.id}")
     return EXIT_OK
 
@@ -231,8 +235,7 @@ def _stage_command(action: str) -> Callable[[argparse.Namespace], int]:
         try:
             stage = await operate.stage_action(client, args.id, action, args.by, args.note)
         except WorkflowUpdateFailedError as error:
-            cause = getattr(error.cause, "message", None) or str(error)
-            raise UsageError(f"{action.replace('_', '-')}: rejected: {cause}") from None
+            raise rejected(action.replace("_", "-"), error) from None
         emit(args, {"id": args.id, action: stage, "by": args.by}, f"{action.replace('_', ' ')}: {stage} on {args.id}")
         return EXIT_OK
 

@@ -78,9 +78,7 @@ def seed_source(url: str, cache: Path, shards: int = 16) -> dict[str, int]:
     Shards beyond `shards` (written by an earlier demo's "pipeline") are removed first, so every
     run starts from the same dataset.
     """
-    store = open_store(url)
-    if hasattr(store, "ensure_bucket"):
-        store.ensure_bucket()
+    store = ensure_bucket(url)
     for extra in [o for o in store.list("datasets/tokens") if int(o.key.rsplit("-", 1)[1].split(".")[0]) >= shards]:
         store.remove(extra.key)
     return _seed(store, cache, shards)
@@ -97,7 +95,9 @@ def _seed(store: Store, cache: Path, shards: int) -> dict[str, int]:
     }
 
 
-def ensure_bucket(url: str) -> None:
+def ensure_bucket(url: str) -> Store:
+    """Open the store, creating its bucket first where the backend has buckets."""
     store = open_store(url)
     if hasattr(store, "ensure_bucket"):
         store.ensure_bucket()
+    return store

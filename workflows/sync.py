@@ -70,16 +70,20 @@ class DatasetSyncWorkflow:
 
     @workflow.run
     async def run(self, request: SyncInput) -> SyncResult:
-        retry = RetryPolicy(maximum_interval=timedelta(minutes=1), non_retryable_error_types=["CorruptionError"])
+        options = {
+            "start_to_close_timeout": timedelta(hours=12),
+            "heartbeat_timeout": timedelta(seconds=request.heartbeat_timeout_s),
+            "retry_policy": RetryPolicy(
+                maximum_interval=timedelta(minutes=1), non_retryable_error_types=["CorruptionError"]
+            ),
+        }
         while True:
             scanned = await workflow.execute_activity(
                 fingerprint_range,
                 RangeInput(source=request.source, path=request.path, after=request.cursor,
                            max_objects=request.batch_objects, max_bytes=request.batch_bytes),
                 task_queue=request.source_queue,
-                start_to_close_timeout=timedelta(hours=12),
-                heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_s),
-                retry_policy=retry,
+                **options,
                 summary=f"fingerprint after {request.cursor or 'start'}",
             )  # fmt: skip
             applied = await workflow.execute_activity(
@@ -88,9 +92,7 @@ class DatasetSyncWorkflow:
                            through=None if scanned.done else scanned.last_key, delete=request.delete,
                            dry_run=request.dry_run, ledger_key=request.ledger_key),
                 task_queue=request.target_queue,
-                start_to_close_timeout=timedelta(hours=12),
-                heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_s),
-                retry_policy=retry,
+                **options,
                 summary=f"apply {scanned.objects} objects up to {scanned.last_key or 'end'}",
             )  # fmt: skip
             request.totals = request.totals.add(applied)
