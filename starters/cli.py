@@ -8,37 +8,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from skyshift.runtime import connect, load_stack_env, temporal_address
+from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit
 from workflows.plan import PlanError
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Invalid input: exit 2."""
 
 
 def rejected(what: str, error: WorkflowUpdateFailedError) -> UsageError:
     """An update the workflow's validator refused: invalid input, with the validator's reason."""
     return UsageError(f"{what}: rejected: {getattr(error.cause, 'message', None) or error}")
-
-
-def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(payload, default=str))
-    else:
-        print(text)
 
 
 def ui_link(workflow_id: str) -> str:
@@ -303,6 +291,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------------
 
+#: Modules that add their own subcommands: each has `add_commands(subparsers)`, sets `handler` on
+#: its parsers and imports heavy libraries (torch) only inside its handlers.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skyshift", description=__doc__.splitlines()[0])
@@ -383,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench.add_argument("--trials", type=int, default=3)
     bench.add_argument("--size", type=int, default=1024, help="matmul size")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
