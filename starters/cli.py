@@ -7,20 +7,17 @@ Exit codes: 0 success, 2 invalid input (the message names the field or file), 1 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
-import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from skyshift.runtime import connect, load_stack_env, temporal_address
-from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit
+from skyshift.runtime import load_stack_env
+from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, with_client
 from workflows.plan import PlanError
 
 
@@ -33,25 +30,6 @@ def ui_link(workflow_id: str) -> str:
     base = os.environ.get("TEMPORAL_UI", "http://127.0.0.1:8233")
     namespace = os.environ.get("TEMPORAL_NAMESPACE", "default")
     return f"{base}/namespaces/{namespace}/workflows/{workflow_id}"
-
-
-async def _client() -> Client:
-    try:
-        return await connect()
-    except RuntimeError as error:
-        raise ConnectionError(
-            f"cannot reach Temporal at {temporal_address()}: {error}. Run `skyshift dev up` or set TEMPORAL_ADDRESS."
-        ) from None
-
-
-def with_client(command: Callable[[argparse.Namespace, Client], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        async def go() -> int:
-            return await command(args, await _client())
-
-        return asyncio.run(go())
-
-    return run
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -174,47 +152,6 @@ def _pause_command(resume: bool) -> Callable[[argparse.Namespace], int]:
     return command
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
-    from activities.stores import StoreSpec
-    from starters.sync import ensure_temporal, result_json, run_sync
-
-    specs = []
-    for name, url in (("SRC", args.src), ("DST", args.dst)):
-        try:
-            specs.append(StoreSpec(url=url))
-        except ValidationError as error:
-            raise UsageError(f"sync {name}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    source, target = specs
-    ensure_temporal()
-    # The in-process worker logs each failed attempt with a traceback; the CLI reports the cause itself.
-    logging.getLogger("temporalio").setLevel(logging.ERROR)
-
-    async def go(args: argparse.Namespace, client: Client) -> int:
-        from temporalio.client import WorkflowFailureError
-
-        try:
-            result, seconds = await run_sync(client, source, target, dry_run=args.dry_run, delete=args.delete,
-                                             egress_price=args.egress_price, show_progress=not args.json)  # fmt: skip
-        except WorkflowFailureError as error:
-            cause = error.cause
-            while getattr(cause, "cause", None) is not None:
-                cause = cause.cause
-            print(f"skyshift: sync failed: {getattr(cause, 'message', cause)}", file=sys.stderr)
-            return EXIT_FAILED
-        payload = result_json(result, seconds)
-        verb = "would send" if args.dry_run else "sent"
-        text = (
-            f"{payload['objects_changed']}/{payload['objects_total']} objects changed; {verb} "
-            f"{payload['chunks_transferred']}/{payload['chunks_total']} chunks, "
-            f"{payload['bytes_transferred'] / 1e6:,.1f} MB of {payload['bytes_total'] / 1e6:,.1f} MB "
-            f"(egress ${payload['egress_cost_usd']:.4f}) in {seconds:.1f}s"
-        )
-        emit(args, payload, text + ("" if args.dry_run else "; every chunk BLAKE3-verified"))
-        return EXIT_OK
-
-    return with_client(go)(args)
-
-
 def _stage_command(action: str) -> Callable[[argparse.Namespace], int]:
     @with_client
     async def command(args: argparse.Namespace, client: Client) -> int:
@@ -293,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`, sets `handler` on
 #: its parsers and imports heavy libraries (torch) only inside its handlers.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("starters.sync",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,13 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         p.add_argument("--by", default=os.environ.get("USER", "operator"))
         p.add_argument("--note", default="")
-
-    sync = command("sync", cmd_sync, "delta-sync SRC to DST: only changed chunks cross (file://, s3://, gs://)")
-    sync.add_argument("src")
-    sync.add_argument("dst")
-    sync.add_argument("--dry-run", action="store_true", help="report what would move and its cost; move nothing")
-    sync.add_argument("--delete", action="store_true", help="delete target objects missing at the source")
-    sync.add_argument("--egress-price", type=float, help="USD per GB leaving the source (default: provider list price)")
 
     bench = command("bench", cmd_bench, "run the GPU/CPU benchmark suite here")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -7,8 +7,14 @@ import them without a cycle.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from temporalio.client import Client
+
+from skyshift.runtime import connect, temporal_address
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -23,3 +29,22 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
         print(json.dumps(payload, default=str))
     else:
         print(text)
+
+
+async def _client() -> Client:
+    try:
+        return await connect()
+    except RuntimeError as error:
+        raise ConnectionError(
+            f"cannot reach Temporal at {temporal_address()}: {error}. Run `skyshift dev up` or set TEMPORAL_ADDRESS."
+        ) from None
+
+
+def with_client(command: Callable[[argparse.Namespace, Client], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        async def go() -> int:
+            return await command(args, await _client())
+
+        return asyncio.run(go())
+
+    return run
