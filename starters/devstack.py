@@ -22,7 +22,12 @@ from pydantic import BaseModel
 
 from skyshift.runtime import state_dir
 
-SEARCH_ATTRIBUTES = {"SkyshiftPhase": "Keyword", "SkyshiftTrafficPercent": "Int", "SkyshiftVerdict": "Keyword"}
+SEARCH_ATTRIBUTES = {
+    "SkyshiftPhase": "Keyword",
+    "SkyshiftTrafficPercent": "Int",
+    "SkyshiftVerdict": "Keyword",
+    "SkyshiftOutcome": "Keyword",
+}
 PREFERRED_PORTS = {"temporal": 7233, "temporal-ui": 8233, "s3": 5310, "gcs": 9023}
 
 

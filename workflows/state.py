@@ -27,7 +27,8 @@ Outcome = Literal["completed", "rolled_back", "stopped", "cancelled"]
 SA_PHASE = SearchAttributeKey.for_keyword("SkyshiftPhase")
 SA_TRAFFIC = SearchAttributeKey.for_int("SkyshiftTrafficPercent")
 SA_VERDICT = SearchAttributeKey.for_keyword("SkyshiftVerdict")
-SEARCH_ATTRIBUTES = (SA_PHASE, SA_TRAFFIC, SA_VERDICT)
+SA_OUTCOME = SearchAttributeKey.for_keyword("SkyshiftOutcome")
+SEARCH_ATTRIBUTES = (SA_PHASE, SA_TRAFFIC, SA_VERDICT, SA_OUTCOME)
 #: Verdicts kept in state; older ones remain in the audit log and history.
 MAX_VERDICTS = 20
 
