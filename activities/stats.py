@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 
 def normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal."""
     return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def normal_quantile(p: float) -> float:
+    """z such that P(Z <= z) = p, for a standard normal (e.g. 2.326 at 0.99)."""
+    return NormalDist().inv_cdf(p)
 
 
 def bin_counts(cumulative: Sequence[float], total: float) -> list[float]:

@@ -8,52 +8,24 @@ after the fact. Too little data is *inconclusive*, never *pass*; unreadable data
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from activities.analysis import AnalysisRule, Check, Measurement, Outcome, Verdict, judge, verdict
 from activities.bench import BenchResult
 from activities.metrics import EndpointSnapshot, Histogram, SideSnapshot
-from activities.stats import bin_counts, binomial_excess, mann_whitney_greater, two_proportion_greater
+from activities.stats import (
+    bin_counts,
+    binomial_excess,
+    mann_whitney_greater,
+    normal_quantile,
+    two_proportion_greater,
+)
 from activities.training import TrainResult
 
-Outcome = Literal["pass", "fail", "inconclusive", "error"]
-_SEVERITY: dict[str, int] = {"pass": 0, "inconclusive": 1, "error": 2, "fail": 3}
-
-
-class Check(BaseModel):
-    metric: str
-    outcome: Outcome
-    source: float | None = None
-    target: float | None = None
-    observed: float | None = Field(None, description="The compared quantity, e.g. relative increase in %")
-    threshold: float | None = None
-    p_value: float | None = Field(None, description="One-sided test that the target is worse")
-    effect_size: float | None = Field(None, description="e.g. P(target latency > source latency)")
-    confidence_interval: tuple[float, float] | None = None
-    dry_run: bool = Field(False, description="Judged and reported, never acted on")
-    detail: str = ""
-
-
-class Verdict(BaseModel):
-    subject: str
-    outcome: Outcome
-    checks: list[Check]
-    summary: str
-
-
-def verdict(subject: str, checks: list[Check]) -> Verdict:
-    """The worst acting check decides: fail > error > inconclusive > pass. Dry-run checks only report."""
-    acting = [c for c in checks if not c.dry_run]
-    outcome: Outcome = max((c.outcome for c in acting), key=_SEVERITY.__getitem__, default="inconclusive")
-    deciding = [c for c in acting if c.outcome == outcome]
-    passed = f"{len(acting)} checks passed"
-    summary = "; ".join(f"{c.metric}: {c.detail}" for c in deciding) if outcome != "pass" else passed
-    shadow = [c for c in checks if c.dry_run and c.outcome != "pass"]
-    if shadow:
-        summary += "; dry-run: " + "; ".join(f"{c.metric} would be {c.outcome}: {c.detail}" for c in shadow)
-    return Verdict(subject=subject, outcome=outcome, checks=checks, summary=summary)
+#: Re-exported: workflows, state and tests import the verdict models from here.
+__all__ = ["Check", "Outcome", "Verdict", "verdict"]
 
 
 def relative_change_pct(source: float, target: float) -> float:
@@ -256,10 +228,25 @@ def side_window(before: SideSnapshot | None, after: SideSnapshot) -> SideWindow:
     )
 
 
-def judge_endpoint(
+def window_rules(limits: WindowThresholds) -> list[AnalysisRule]:
+    """The cutover's analysis template: what every endpoint's window is judged by, as data."""
+    dry = set(limits.dry_run)
+    return [
+        AnalysisRule(metric="*.samples", compare="at_least", threshold=limits.min_samples, on_breach="inconclusive",
+                     unit=" requests"),
+        AnalysisRule(metric="*.latency", compare="significant_increase", threshold=limits.latency_increase_pct,
+                     unit="%", dry_run="latency" in dry),
+        AnalysisRule(metric="*.latency_tail", compare="significant_increase", threshold=limits.latency_increase_pct,
+                     unit="%", dry_run="latency" in dry),
+        AnalysisRule(metric="*.error_rate", compare="significant_increase", threshold=limits.error_rate_increase_pp,
+                     unit=" pp", dry_run="error_rate" in dry),
+    ]  # fmt: skip
+
+
+def measure_endpoint(
     previous: EndpointSnapshot | None, current: EndpointSnapshot, limits: WindowThresholds, baseline: SideWindow | None
-) -> tuple[list[Check], SideWindow | None]:
-    """Checks for one endpoint, and the source baseline to keep for the next window.
+) -> tuple[list[Measurement], SideWindow | None]:
+    """Measurements for one endpoint's window, and the source baseline to keep for the next window.
 
     When the source is idle (100% of traffic on the target), the target is compared with the
     source's last window that had enough samples, so the final stage is still judged.
@@ -268,10 +255,9 @@ def judge_endpoint(
     for side in ("source", "target"):
         snapshot: SideSnapshot = getattr(current, side)
         if not snapshot.ok:
-            check = Check(
-                metric=f"{name}.scrape", outcome="error", detail=f"{side} metrics unreadable: {snapshot.error}"
-            )
-            return [check], baseline
+            return [
+                Measurement(metric=f"{name}.scrape", error=f"{side} metrics unreadable: {snapshot.error}")
+            ], baseline
     source = side_window(previous.source if previous else None, current.source)
     target = side_window(previous.target if previous else None, current.target)
     note = ""
@@ -280,68 +266,63 @@ def judge_endpoint(
     elif baseline is not None:
         source, note = baseline, " (source idle: its last full window)"
     if min(source.requests, target.requests) < limits.min_samples or source.latency is None or target.latency is None:
-        check = Check(
+        samples = Measurement(
             metric=f"{name}.samples",
-            outcome="inconclusive",
+            observed=min(source.requests, target.requests) if source.latency and target.latency else 0,
             source=source.requests,
             target=target.requests,
-            threshold=limits.min_samples,
             detail=f"{int(source.requests)} source / {int(target.requests)} target requests in the window; "
             f"{limits.min_samples} a side needed",
         )
-        return [check], baseline
-    checks = [*_latency_checks(name, source.latency, target.latency, limits, note),
-              _error_check(name, source, target, limits, note)]  # fmt: skip
-    return checks, baseline
+        return [samples], baseline
+    confidence = limits.confidence
+    measured = [*_latency_measurements(name, source.latency, target.latency, note),
+                _error_measurement(name, source, target, confidence, note)]  # fmt: skip
+    return measured, baseline
 
 
-def _latency_checks(
-    name: str, source: Histogram, target: Histogram, limits: WindowThresholds, note: str
-) -> list[Check]:
+def judge_endpoint(
+    previous: EndpointSnapshot | None, current: EndpointSnapshot, limits: WindowThresholds, baseline: SideWindow | None
+) -> tuple[list[Check], SideWindow | None]:
+    measured, baseline = measure_endpoint(previous, current, limits, baseline)
+    rules = window_rules(limits)
+    return judge(current.endpoint, measured, rules, limits.confidence).checks, baseline
+
+
+def _latency_measurements(name: str, source: Histogram, target: Histogram, note: str) -> list[Measurement]:
     """Latency fails only when the target is significantly slower *and* by more than allowed.
 
-    Mann-Whitney U (98%) guards against noise; the effect-size gate (relative p50/p95 increase)
-    against significant-but-irrelevant shifts. The tail check catches what the rank test misses:
-    the same median with a heavier tail (more target requests above the source's p95 than the
-    5% expected, significantly, and a p99 beyond the allowed increase).
+    Mann-Whitney U guards against noise; the effect-size gate (relative p50/p95 increase)
+    against significant-but-irrelevant shifts. The tail measurement catches what the rank test
+    misses: the same median with a heavier tail (more target requests above the source's p95
+    than the 5% expected, significantly, and a p99 beyond the allowed increase).
     """
-    alpha = 1 - limits.confidence
     s_bins, t_bins = bin_counts(source.cumulative, source.count), bin_counts(target.cumulative, target.count)
     p_value, effect = mann_whitney_greater(t_bins, s_bins)
     s_q = {q: quantile(source, q / 100) for q in (50, 95, 99)}
     t_q = {q: quantile(target, q / 100) for q in (50, 95, 99)}
     rise = {q: relative_change_pct(s_q[q], t_q[q]) for q in (50, 95, 99)}
-    worst = max(rise[50], rise[95])
-    allowed = limits.latency_increase_pct
-    shifted = p_value < alpha and worst > allowed
-    shift = Check(
+    shift = Measurement(
         metric=f"{name}.latency",
-        outcome="fail" if shifted else "pass",
         source=round(s_q[50] * 1000, 3),
         target=round(t_q[50] * 1000, 3),
-        observed=round(worst, 2),
-        threshold=allowed,
+        observed=round(max(rise[50], rise[95]), 2),
         p_value=p_value,
         effect_size=round(effect, 4),
-        dry_run="latency" in limits.dry_run,
-        detail=f"p50 {t_q[50] * 1000:.1f} ms vs {s_q[50] * 1000:.1f} ms{note} ({rise[50]:+.1f}%), p95 {rise[95]:+.1f}% "
-        f"(allowed +{allowed}%); Mann-Whitney p={p_value:.2g}, P(target slower)={effect:.2f}",
+        detail=f"p50 {t_q[50] * 1000:.1f} ms vs {s_q[50] * 1000:.1f} ms{note} ({rise[50]:+.1f}%), "
+        f"p95 {rise[95]:+.1f}%; P(target slower)={effect:.2f} (Mann-Whitney)",
     )
     above = target.count - _count_at_or_below(target, s_q[95])
     tail_p = binomial_excess(above, target.count, 0.05)
-    heavy = tail_p < alpha and rise[99] > allowed
-    tail = Check(
+    tail = Measurement(
         metric=f"{name}.latency_tail",
-        outcome="fail" if heavy else "pass",
         source=round(s_q[99] * 1000, 3),
         target=round(t_q[99] * 1000, 3),
         observed=round(rise[99], 2),
-        threshold=allowed,
         p_value=tail_p,
         effect_size=round(above / target.count, 4),
-        dry_run="latency" in limits.dry_run,
         detail=f"p99 {t_q[99] * 1000:.1f} ms vs {s_q[99] * 1000:.1f} ms ({rise[99]:+.1f}%); "
-        f"{above / target.count:.1%} of target requests above the source's p95 (5% expected, p={tail_p:.2g})",
+        f"{above / target.count:.1%} of target requests above the source's p95 (5% expected)",
     )
     return [shift, tail]
 
@@ -357,29 +338,24 @@ def _count_at_or_below(histogram: Histogram, value: float) -> float:
     return histogram.count
 
 
-def _error_check(name: str, source: SideWindow, target: SideWindow, limits: WindowThresholds, note: str) -> Check:
+def _error_measurement(name: str, source: SideWindow, target: SideWindow, confidence: float, note: str) -> Measurement:
     """More errors fail only past the allowed pp *and* when significant: two errors in a sparse
-    window are not an outage."""
+    window are not an outage. The interval is two-sided at the plan's confidence."""
     s_rate, t_rate = source.errors / source.requests * 100, target.errors / target.requests * 100
     difference = t_rate - s_rate
     p_value = two_proportion_greater(target.errors, target.requests, source.errors, source.requests)
     sd = math.sqrt(
         s_rate / 100 * (1 - s_rate / 100) / source.requests + t_rate / 100 * (1 - t_rate / 100) / target.requests
     )
-    z = 2.326  # one-sided 98%
-    failed = difference > limits.error_rate_increase_pp and p_value < 1 - limits.confidence
-    return Check(
+    z = normal_quantile(1 - (1 - confidence) / 2)  # two-sided: 2.326 at the default 98%
+    return Measurement(
         metric=f"{name}.error_rate",
-        outcome="fail" if failed else "pass",
         source=round(s_rate, 4),
         target=round(t_rate, 4),
         observed=round(difference, 4),
-        threshold=limits.error_rate_increase_pp,
         p_value=p_value,
         confidence_interval=(round(difference - z * sd * 100, 4), round(difference + z * sd * 100, 4)),
-        dry_run="error_rate" in limits.dry_run,
-        detail=f"{t_rate:.2f}% vs {s_rate:.2f}% errors{note} ({difference:+.2f} pp, allowed "
-        f"+{limits.error_rate_increase_pp} pp, p={p_value:.2g})",
+        detail=f"{t_rate:.2f}% vs {s_rate:.2f}% errors{note} ({difference:+.2f} pp)",
     )
 
 
