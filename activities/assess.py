@@ -103,10 +103,12 @@ def inventory_storage(request: InventoryInput) -> Inventory:
     store = open_store(request.store)
     items = []
     for name, kind, path in request.workloads:
-        objects = list(user_objects(store, path))
-        items.append(
-            WorkloadInventory(name=name, kind=kind, path=path, objects=len(objects), bytes=sum(o.size for o in objects))
-        )
+        count = size = 0
+        for info in user_objects(store, path):  # a stream: a million objects are counted, not held
+            count, size = count + 1, size + info.size
+            if count % 1000 == 0:
+                activity.heartbeat(f"{name}: {count} objects")
+        items.append(WorkloadInventory(name=name, kind=kind, path=path, objects=count, bytes=size))
         activity.heartbeat(name)
     return Inventory(workloads=items)
 

@@ -55,7 +55,7 @@ class _NextByte(torch.nn.Module):
 
 
 def train_on_bytes(
-    data: bytes, seed: int, steps: int, batch_size: int
+    data: bytes, seed: int, steps: int, batch_size: int, on_step=lambda step: None
 ) -> tuple[list[float], list[float], torch.nn.Module]:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -63,7 +63,8 @@ def train_on_bytes(
     model = _NextByte()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses, norms = [], []
-    for _ in range(steps):
+    for step in range(steps):
+        on_step(step)
         starts = torch.randint(0, len(tokens) - CONTEXT - 1, (batch_size,), generator=generator)
         windows = torch.stack([tokens[s : s + CONTEXT + 1] for s in starts.tolist()])
         loss = torch.nn.functional.cross_entropy(model(windows[:, :CONTEXT]), windows[:, CONTEXT])
@@ -99,7 +100,9 @@ def train_seeded(request: TrainInput) -> TrainResult:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        losses, norms, model = train_on_bytes(data, request.seed, request.steps, request.batch_size)
+        losses, norms, model = train_on_bytes(
+            data, request.seed, request.steps, request.batch_size, on_step=lambda step: activity.heartbeat(step)
+        )
     finally:
         torch.set_num_threads(threads)
     digest = blake3.blake3()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError, CancelledError, FailureError
+from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.assess import (
@@ -26,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.bench import BenchInput, run_benchmark_activity
     from activities.training import TrainInput, train_seeded
     from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
-    from activities.transfer.ledger import LedgerInput, ledger_key
+    from activities.transfer.ledger import LedgerInput, ledger_key, remove_created
     from activities.validate import (
         CompareBenchInput,
         CompareTrainingInput,
@@ -38,8 +41,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.plan import CONTROL_TASK_QUEUE, Environment, MigrationPlan
     from workflows.saga import Compensation
     from workflows.state import (
+        LEGACY_PHASES,
         MAX_VERDICTS,
-        PHASES,
+        SA_OUTCOME,
         SA_PHASE,
         SA_TRAFFIC,
         SA_VERDICT,
@@ -52,10 +56,15 @@ with workflow.unsafe.imports_passed_through():
         RollbackInput,
     )
     from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
+    from workflows.versions import COMPENSATE_EVERY_EXIT, EMPTY_SOURCE_STOPS, INTERRUPT_LONG_WORK
 
 QUICK = timedelta(minutes=5)
 LONG = timedelta(hours=12)
-HEARTBEAT = timedelta(minutes=2)
+#: A silent worker is presumed dead after this long, and a cancel reaches a running activity
+#: through its next heartbeat: short enough that a rollback starts within ~30 s.
+HEARTBEAT = timedelta(seconds=30)
+#: In-flight work is cancelled and *waited for* before compensating, so no writer races the undo.
+WAIT_CANCELLED = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 
 
 class RollbackRequested(Exception):
@@ -64,6 +73,26 @@ class RollbackRequested(Exception):
 
 class StopMigration(Exception):
     """The plan may not proceed (e.g. residency breach): undo what was done, then stop."""
+
+
+def failure_reason(error: BaseException) -> str:
+    """The innermost message of a chain of Temporal failures (activity → application error → ...)."""
+    messages = []
+    while error is not None:
+        message = error.message if isinstance(error, FailureError) else str(error)
+        if message and message not in messages:
+            messages.append(message)
+        error = error.cause if isinstance(error, FailureError) else error.__cause__
+    return ": ".join(messages[-2:]) if messages else "unknown failure"
+
+
+def was_cancelled(error: BaseException | None) -> bool:
+    """True when a failure chain ends in a cancellation (a cancel delivered during an activity or child)."""
+    while error is not None:
+        if isinstance(error, CancelledError | asyncio.CancelledError):
+            return True
+        error = error.cause if isinstance(error, FailureError) else error.__cause__
+    return False
 
 
 def _facts(env: Environment) -> EnvironmentFacts:
@@ -83,53 +112,101 @@ def _price_per_hour(env: Environment) -> float:
 
 
 @workflow.defn
-class MigrationWorkflow(StagedCutover):
+class MigrationWorkflow:
     @workflow.init
     def __init__(self, request: MigrationInput) -> None:
         self.plan: MigrationPlan = request.plan
         self.state: MigrationState = request.resume or MigrationState(
             migration_id=workflow.info().workflow_id, plan_name=request.plan.name
         )
+        if self.state.next_phase and not self.state.completed_phases:
+            # State carried across continue-as-new by a worker that counted phases by index.
+            self.state.completed_phases = list(LEGACY_PHASES[: self.state.next_phase])
+        self.cutover = StagedCutover(self)
+
+    def lifecycle(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """The phases, in order: DESIGN §3's table as code."""
+        return [
+            ("assess", self.assess),
+            ("poc", self.poc),
+            ("parallel_run", self.parallel_run),
+            ("cutover", self.cutover.run),
+            ("decommission", self.decommission),
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, request: MigrationInput) -> MigrationState:
         if request.resume is None:
-            self._audit("skyshift", "started", f"plan {self.plan.name}: {self.plan.source} → {self.plan.target}")
+            self.audit("skyshift", "started", f"plan {self.plan.name}: {self.plan.source} → {self.plan.target}")
         try:
-            while self.state.next_phase < len(PHASES):
-                phase = PHASES[self.state.next_phase]
+            for phase, work in self.lifecycle():
+                if phase in self.state.completed_phases:
+                    continue
                 self._set_phase(phase)
-                await self._checkpoint()
-                await getattr(self, phase)()
-                self.state.next_phase += 1
+                await self.checkpoint()
+                await self._interruptible(work(), phase)
+                self.state.completed_phases.append(phase)
+                self.state.next_phase = len(self.state.completed_phases)
             self._finish("completed", "all phases done")
         except RollbackRequested:
             request_ = self.state.rollback_request
-            await self._rollback("rolled_back", f"{request_.reason} (by {request_.by})" if request_ else "rollback")
+            await self._undo("rolled_back", f"{request_.reason} (by {request_.by})" if request_ else "rollback")
         except StopMigration as stop:
-            await self._rollback("stopped", str(stop))
+            await self._undo("stopped", str(stop))
         except asyncio.CancelledError:
-            # Compensate even though the workflow is being cancelled; shield the undo from it.
-            await asyncio.shield(asyncio.ensure_future(self._rollback("cancelled", "workflow cancelled")))
+            await self._undo("cancelled", "workflow cancelled")
             raise
+        except Exception as error:
+            if not workflow.patched(COMPENSATE_EVERY_EXIT):
+                raise  # a history recorded before every exit compensated: replay it as it ran
+            cancelled = was_cancelled(error)
+            reason = failure_reason(error)
+            await self._undo("cancelled" if cancelled else "failed", f"{self.state.phase}: {reason}")
+            raise ApplicationError(
+                f"migration {self.state.outcome} in {self.state.ended_in}: {reason}; "
+                f"compensations run: {len(self.state.saga.completed)}, failed: {len(self.state.saga.failed)}",
+                type="MigrationFailed",
+                non_retryable=True,
+            ) from None
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.state
+
+    async def _interruptible(self, work: Coroutine[Any, Any, None], phase: str) -> None:
+        """Run a phase so that a rollback request or a cancel stops its in-flight work first.
+
+        The phase runs as its own task. A rollback request cancels it and waits until its
+        activities and children have *acknowledged* the cancellation (they use
+        WAIT_CANCELLATION_COMPLETED), so no writer is still committing objects when the
+        compensations start deleting them.
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            await workflow.wait_condition(lambda: task.done() or self.state.rollback_request is not None)
+        except asyncio.CancelledError:
+            task.cancel()
+            await workflow.wait([task])
+            raise
+        if not task.done():
+            if not workflow.patched(INTERRUPT_LONG_WORK):
+                await task  # recorded before interruption existed: the phase ran to its next wait point
+                return
+            self.audit("skyshift", "interrupting", f"{phase}: cancelling in-flight work before compensating")
+            task.cancel()
+            await workflow.wait([task])
+            raise RollbackRequested()
+        task.result()
 
     async def assess(self) -> None:
         source = self.plan.source_env
         workloads = [(d.name, "dataset", d.path) for d in self.plan.workloads.datasets] + [
             (c.name, "checkpoint", c.path) for c in self.plan.workloads.checkpoints
         ]
-        inventory = await workflow.execute_activity(
-            inventory_storage,
-            InventoryInput(store=source.storage, workloads=workloads),
-            task_queue=source.task_queue,
-            start_to_close_timeout=LONG,
-            heartbeat_timeout=HEARTBEAT,
-            summary=f"inventory {source.storage.url}",
-        )
+        inventory = await self._on(
+            source, inventory_storage, InventoryInput(store=source.storage, workloads=workloads),
+            f"inventory {source.storage.url}",
+        )  # fmt: skip
         report = await workflow.execute_activity(
             project_assessment,
             AssessInput(
@@ -147,11 +224,17 @@ class MigrationWorkflow(StagedCutover):
             summary="project egress, time, GPU fit and residency",
         )
         self.state.assessment = report
-        self._details()
+        self.show_details()
+        empty = [w.name for w in inventory.workloads if w.objects == 0]
+        if empty and workflow.patched(EMPTY_SOURCE_STOPS):
+            raise StopMigration(
+                f"no objects at {source.name} for {', '.join(empty)}: a missing source is never an empty dataset "
+                "(check the workload paths and the storage URL)"
+            )
         if not report.residency_ok:
             raise StopMigration(f"data residency: {report.residency_detail}")
         if report.over_budget:
-            await self._gate(
+            await self.gate(
                 "egress-budget",
                 f"projected egress ${report.egress_cost_usd:,.2f} exceeds the budget "
                 f"${self.plan.egress_budget_usd:,.2f}",
@@ -165,18 +248,11 @@ class MigrationWorkflow(StagedCutover):
             (self.plan.target_env, self.state.poc.target_bench),
         ):
             # One side at a time: when environments share a host, each measures an idle one.
-            results.append(
-                await workflow.execute_activity(
-                    run_benchmark_activity,
-                    BenchInput(
-                        environment=env.name, trials=bench.trials, matrix_size=bench.matrix_size, device=bench.device
-                    ),
-                    task_queue=env.task_queue,
-                    start_to_close_timeout=timedelta(hours=1),
-                    heartbeat_timeout=timedelta(minutes=10),
-                    summary=f"benchmark on {env.name} ({bench.trials} trials)",
-                )
+            request = BenchInput(
+                environment=env.name, trials=bench.trials, matrix_size=bench.matrix_size, device=bench.device
             )
+            summary = f"benchmark on {env.name} ({bench.trials} trials)"
+            results.append(await self._on(env, run_benchmark_activity, request, summary, timeout=timedelta(hours=1)))
         comparison = await workflow.execute_activity(
             compare_benchmarks,
             CompareBenchInput(
@@ -192,12 +268,12 @@ class MigrationWorkflow(StagedCutover):
             summary="compare benchmarks and cost per unit of work",
         )
         self.state.poc.comparison = comparison
-        self._record_verdict(comparison.verdict)
-        await self._gate("poc", f"POC verdict {comparison.verdict.outcome}: {comparison.verdict.summary}")
+        self.record_verdict(comparison.verdict)
+        await self.gate("poc", f"POC verdict {comparison.verdict.outcome}: {comparison.verdict.summary}")
 
     async def parallel_run(self) -> None:
         if not self.plan.workloads.datasets:
-            self._audit("skyshift", "parallel_run_skipped", "the plan has no dataset to train on")
+            self.audit("skyshift", "parallel_run_skipped", "the plan has no dataset to train on")
             return
         dataset, spec = self.plan.workloads.datasets[0], self.plan.parallel_run
         results = []
@@ -208,15 +284,8 @@ class MigrationWorkflow(StagedCutover):
                 object_key=results[0].object_key if results else None,
                 seed=spec.seed, steps=spec.steps, batch_size=spec.batch_size, sample_bytes=spec.sample_bytes,
             )  # fmt: skip
-            results.append(
-                await workflow.execute_activity(
-                    train_seeded,
-                    request,
-                    task_queue=env.task_queue,
-                    start_to_close_timeout=timedelta(hours=2),
-                    summary=f"seeded training on {env.name}'s copy of {dataset.name}",
-                )
-            )
+            summary = f"seeded training on {env.name}'s copy of {dataset.name}"
+            results.append(await self._on(env, train_seeded, request, summary, timeout=timedelta(hours=2)))
         verdict = await workflow.execute_activity(
             compare_training,
             CompareTrainingInput(
@@ -227,14 +296,14 @@ class MigrationWorkflow(StagedCutover):
             summary="compare loss curves, gradient norms, final tensors",
         )
         self.state.parallel_run = verdict
-        self._record_verdict(verdict)
+        self.record_verdict(verdict)
         if verdict.outcome == "fail":
-            self._request_rollback(f"parallel run: {verdict.summary}", by="skyshift:parallel_run")
-            self._raise_if_rollback()
+            self.start_rollback(f"parallel run: {verdict.summary}", by="skyshift:parallel_run")
+            self.raise_if_rollback()
 
     async def decommission(self) -> None:
-        await self._wait(lambda: False, timeout=self.plan.soak_period, summary="soak at 100% before decommission")
-        await self._gate("decommission", "archive and release the source: the last steps cannot be undone")
+        await self.wait(lambda: False, timeout=self.plan.soak_period, summary="soak at 100% before decommission")
+        await self.gate("decommission", "archive and release the source: the last steps cannot be undone")
         result = self.state.decommission
         result.final_sync = list(await asyncio.gather(*(self._copy(w, p, "final") for w, p in self._workloads())))
         for name, path in self._workloads():
@@ -244,11 +313,11 @@ class MigrationWorkflow(StagedCutover):
             verified = await self._on(self.plan.target_env, verify_archive, request, f"verify {name} at target")
             result.verified_objects += verified.objects_verified
         if not self.plan.decommission.delete_source:
-            self._audit("skyshift", "source_kept", "plan keeps the source copies (decommission.delete_source: false)")
+            self.audit("skyshift", "source_kept", "plan keeps the source copies (decommission.delete_source: false)")
             return
         self.state.point_of_no_return = True
         self.state.saga.forget()
-        self._audit("skyshift", "point_of_no_return", "releasing source data; rollback is no longer possible")
+        self.audit("skyshift", "point_of_no_return", "releasing source data; rollback is no longer possible")
         for name, path in self._workloads():
             released = await self._on(
                 self.plan.source_env, release_source, self._archive_input(name, path), f"release {name} at source"
@@ -265,9 +334,9 @@ class MigrationWorkflow(StagedCutover):
     def approve(self, request: ApproveInput) -> str:
         gate = self.state.pending_gate
         assert gate is not None  # guaranteed by the validator
-        self._audit(request.by, "approved", f"{gate.stage}{': ' + request.note if request.note else ''}")
+        self.audit(request.by, "approved", f"{gate.stage}{': ' + request.note if request.note else ''}")
         self.state.pending_gate = None
-        self._details()
+        self.show_details()
         return gate.stage
 
     @approve.validator
@@ -280,16 +349,40 @@ class MigrationWorkflow(StagedCutover):
 
     @workflow.signal
     def rollback(self, request: RollbackInput) -> None:
-        if self.state.point_of_no_return or self.state.outcome is not None:
-            self._audit(request.by, "rollback_ignored", f"{request.reason}: too late ({self.state.phase})")
+        """Fire-and-forget form of `request_rollback`, for clients that only send signals."""
+        if self._rollback_refusal() is not None:
+            self.audit(request.by, "rollback_ignored", f"{request.reason}: {self._rollback_refusal()}")
             return
-        self._request_rollback(request.reason, request.by)
+        self.start_rollback(request.reason, request.by)
+
+    @workflow.update
+    def request_rollback(self, request: RollbackInput) -> str:
+        """Force a rollback; the caller learns at once whether it was accepted (the validator) and the phase."""
+        self.start_rollback(request.reason, request.by)
+        return self.state.phase
+
+    @request_rollback.validator
+    def _validate_rollback(self, request: RollbackInput) -> None:
+        refusal = self._rollback_refusal()
+        if refusal is not None:
+            raise ValueError(f"rollback rejected: {refusal}")
+        if not request.reason.strip():
+            raise ValueError("reason: say why the migration is rolled back")
+
+    def _rollback_refusal(self) -> str | None:
+        if self.state.outcome is not None:
+            return f"the migration already ended ({self.state.outcome})"
+        if self.state.point_of_no_return:
+            return "past the point of no return: the source is being released"
+        if self.state.rollback_request is not None:
+            return f"a rollback is already under way (requested by {self.state.rollback_request.by})"
+        return None
 
     @workflow.update
     def skip_stage(self, request: OperatorInput) -> str:
         stage = self.state.stage or ""
         self.state.cutover.skip_requested = True
-        self._audit(request.by, "skip_stage", f"{stage}{': ' + request.note if request.note else ''}")
+        self.audit(request.by, "skip_stage", f"{stage}{': ' + request.note if request.note else ''}")
         return stage
 
     @skip_stage.validator
@@ -301,7 +394,7 @@ class MigrationWorkflow(StagedCutover):
     @workflow.update
     def promote(self, request: OperatorInput) -> str:
         self.state.cutover.promote_requested = True
-        self._audit(
+        self.audit(
             request.by,
             "promote",
             f"to {self.plan.cutover.stages[-1].name}{': ' + request.note if request.note else ''}",
@@ -319,14 +412,14 @@ class MigrationWorkflow(StagedCutover):
     @workflow.signal
     def pause(self, request: OperatorInput) -> None:
         self.state.paused = True
-        self._audit(request.by, "paused", request.note)
-        self._details()
+        self.audit(request.by, "paused", request.note)
+        self.show_details()
 
     @workflow.signal
     def resume(self, request: OperatorInput) -> None:
         self.state.paused = False
-        self._audit(request.by, "resumed", request.note)
-        self._details()
+        self.audit(request.by, "resumed", request.note)
+        self.show_details()
 
     # -- helpers shared by the phases -------------------------------------------------------------
 
@@ -343,13 +436,15 @@ class MigrationWorkflow(StagedCutover):
             target=self.plan.target_env.storage,
         )
 
-    async def _on(self, env: Environment, activity, argument, summary: str):
+    async def _on(self, env: Environment, activity, argument, summary: str, timeout: timedelta = LONG):
+        """Run work on an environment's worker: heartbeated, and cancelled only once it has stopped."""
         return await workflow.execute_activity(
             activity,
             argument,
             task_queue=env.task_queue,
-            start_to_close_timeout=LONG,
+            start_to_close_timeout=timeout,
             heartbeat_timeout=HEARTBEAT,
+            cancellation_type=WAIT_CANCELLED,
             summary=summary,
         )
 
@@ -357,15 +452,13 @@ class MigrationWorkflow(StagedCutover):
         """Delta-sync one workload to the target as a child workflow; its undo is registered first."""
         source, target = self.plan.source_env, self.plan.target_env
         ledger = ledger_key(self.state.migration_id, name)
-        if self.state.saga.register(
-            Compensation(
-                activity="remove_created",
-                task_queue=target.task_queue,
-                argument=LedgerInput(target=target.storage, ledger_key=ledger).model_dump(mode="json"),
+        self.register_undo(
+            Compensation.of(
+                remove_created, LedgerInput(target=target.storage, ledger_key=ledger), task_queue=target.task_queue,
                 summary=f"delete what the migration created for {name} at {target.name}",
-            )
-        ):
-            self._audit("skyshift", "compensation_registered", f"delete {name} copies at {target.name}")
+            ),
+            announce=f"delete {name} copies at {target.name}",
+        )  # fmt: skip
         result = await workflow.execute_child_workflow(
             DatasetSyncWorkflow.run,
             SyncInput(source=source.storage, target=target.storage, source_queue=source.task_queue,
@@ -373,27 +466,28 @@ class MigrationWorkflow(StagedCutover):
                       ledger_key=ledger),
             id=f"{self.state.migration_id}-{phase}-sync-{name}",
             static_summary=f"sync {name}: {source.name} → {target.name}",
+            cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
         )  # fmt: skip
         self.state.egress_bytes += result.egress_bytes
         self.state.egress_cost_usd = round(self.state.egress_cost_usd + result.egress_cost_usd, 6)
-        self._details()
+        self.show_details()
         return result
 
-    async def _gate(self, stage: str, reason: str, deadline: timedelta | None = None) -> bool:
+    async def gate(self, stage: str, reason: str, deadline: timedelta | None = None) -> bool:
         """Wait for `approve(stage)` or a rollback; return False if the deadline passed unanswered."""
         self.state.pending_gate = Gate(stage=stage, reason=reason, opened_at=workflow.now())
-        self._audit("skyshift", "awaiting_approval", f"{stage}: {reason}")
-        self._details()
+        self.audit("skyshift", "awaiting_approval", f"{stage}: {reason}")
+        self.show_details()
         try:
-            await self._wait(lambda: self.state.pending_gate is None, timeout=deadline, summary=f"await {stage}")
+            await self.wait(lambda: self.state.pending_gate is None, timeout=deadline, summary=f"await {stage}")
             answered = self.state.pending_gate is None
         finally:
             self.state.pending_gate = None
         if not answered:
-            self._audit("skyshift", "gate_expired", f"{stage}: nobody answered within {deadline}")
+            self.audit("skyshift", "gate_expired", f"{stage}: nobody answered within {deadline}")
         return answered
 
-    async def _wait(
+    async def wait(
         self, done: Callable[[], bool], timeout: timedelta | None = None, summary: str | None = None
     ) -> None:
         """Wait for `done` (or time out); a rollback request always ends the wait by raising."""
@@ -401,59 +495,70 @@ class MigrationWorkflow(StagedCutover):
             await workflow.wait_condition(
                 lambda: done() or self.state.rollback_request is not None, timeout=timeout, timeout_summary=summary
             )
-        self._raise_if_rollback()
+        self.raise_if_rollback()
 
-    async def _checkpoint(self) -> None:
+    async def checkpoint(self) -> None:
         """Between steps: honour a pause (until resume) and a rollback request."""
-        await self._wait(lambda: not self.state.paused)
+        await self.wait(lambda: not self.state.paused)
 
-    def _request_rollback(self, reason: str, by: str) -> None:
+    def start_rollback(self, reason: str, by: str) -> None:
         if self.state.rollback_request is None:
             self.state.rollback_request = RollbackInput(reason=reason, by=by)
-            self._audit(by, "rollback_requested", reason)
+            self.audit(by, "rollback_requested", reason)
 
-    def _raise_if_rollback(self) -> None:
+    def raise_if_rollback(self) -> None:
         if self.state.rollback_request is not None:
             raise RollbackRequested()
 
-    async def _rollback(self, outcome: str, reason: str) -> None:
+    def register_undo(self, step: Compensation, announce: str) -> None:
+        """Record the undo of a step *before* the step acts; audited the first time it is registered."""
+        if self.state.saga.register(step):
+            self.audit("skyshift", "compensation_registered", announce)
+
+    async def _undo(self, outcome: str, reason: str) -> None:
+        """Compensate newest first, shielded from a cancellation of the workflow, then record the outcome."""
+        self.state.ended_in = self.state.phase
         self._set_phase("rolling_back")
         self.state.pending_gate = None
-        await self.state.saga.compensate(self._compensated)
+        await asyncio.shield(asyncio.ensure_future(self.state.saga.compensate(self._compensated)))
+        for failure in self.state.saga.failed:
+            self.audit("skyshift", "compensation_failed", f"{failure.summary}: {failure.error}")
+        if self.state.saga.failed:
+            reason += f"; {len(self.state.saga.failed)} compensations failed and need an operator (see audit)"
         self._finish(outcome, reason)
 
     def _compensated(self, step: Compensation) -> None:
         if step.activity == "route_traffic":
             self.state.traffic_percent = 0
             workflow.upsert_search_attributes([SA_TRAFFIC.value_set(0)])
-        self._audit("skyshift", "compensated", step.summary)
+        self.audit("skyshift", "compensated", step.summary)
 
     def _finish(self, outcome: str, reason: str) -> None:
         self.state.outcome = outcome
         self.state.outcome_reason = reason
         self._set_phase("done")
-        workflow.upsert_search_attributes([SA_PHASE.value_set(outcome), SA_VERDICT.value_set(outcome)])
-        self._audit("skyshift", outcome, reason)
-        self._details()
+        workflow.upsert_search_attributes([SA_PHASE.value_set(outcome), SA_OUTCOME.value_set(outcome)])
+        self.audit("skyshift", outcome, reason)
+        self.show_details()
 
     def _set_phase(self, phase: str) -> None:
         self.state.phase = phase
         workflow.upsert_search_attributes([SA_PHASE.value_set(phase)])
-        self._details()
+        self.show_details()
 
-    def _record_verdict(self, verdict: Verdict) -> None:
+    def record_verdict(self, verdict: Verdict) -> None:
         self.state.verdicts = [*self.state.verdicts, verdict][-MAX_VERDICTS:]
         workflow.upsert_search_attributes([SA_VERDICT.value_set(verdict.outcome)])
-        self._details()
+        self.show_details()
 
-    def _audit(self, actor: str, action: str, detail: str = "") -> None:
+    def audit(self, actor: str, action: str, detail: str = "") -> None:
         self.state.audit.append(AuditEntry(at=workflow.now(), actor=actor, action=action, detail=detail))
 
-    def _continue_as_new_if_suggested(self) -> None:
+    def continue_as_new_if_suggested(self) -> None:
         if workflow.info().is_continue_as_new_suggested() and workflow.all_handlers_finished():
             workflow.continue_as_new(MigrationInput(plan=self.plan, resume=self.state))
 
-    def _details(self) -> None:
+    def show_details(self) -> None:
         """What the Temporal UI shows as current details: phase, traffic, gate, last verdict, egress."""
         s = self.state
         lines = [f"**{self.plan.name}**: {self.plan.source} → {self.plan.target}", f"phase: **{s.phase}**"]

@@ -7,11 +7,14 @@ here, so a decision can always be traced back to a line of the plan.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from activities.metrics import EndpointPair, MetricsProvider, ScrapeProvider
 from activities.stores.base import StoreSpec
@@ -21,6 +24,21 @@ CONTROL_TASK_QUEUE = "skyshift.control"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+#: How big a plan may be once parsed. A real plan is a few hundred values a handful of levels deep;
+#: these keep a hostile one (10,000 nested lists, an alias bomb, a self-containing alias) from
+#: exhausting recursion, memory or time in the loader and in validation.
+MAX_DEPTH = 32
+MAX_NODES = 50_000
+#: Integers beyond int64 cannot cross into other SDKs or the UI intact, and no plan number needs them.
+MAX_INT = 2**63 - 1
+#: The longest any plan duration may be (a stage, the soak, a deadline). Temporal timers allow more,
+#: but no migration holds a stage for over a year, and a bound keeps timedelta arithmetic finite.
+MAX_DURATION = timedelta(days=365)
+#: Problems shown in one error; the rest are counted, so a hostile plan cannot flood the terminal.
+MAX_PROBLEMS = 50
 
 
 def task_queue_for(environment: str) -> str:
@@ -31,42 +49,126 @@ def task_queue_for(environment: str) -> str:
 def parse_duration(value: Any) -> Any:
     """Accept `90s`, `30m`, `24h`, `7d`, `1h30m`, ISO 8601 (`PT24H`) or seconds; pass timedeltas through."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+        return _seconds(value, value)
     if isinstance(value, str) and value.strip().upper().startswith("P"):
         return value.strip()  # ISO 8601 (how pydantic serializes timedeltas): pydantic parses it
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         parts = _DURATION_PART.findall(text)
         if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"'{value}' is not a duration; write e.g. 90s, 30m, 24h, 7d or 1h30m")
-        return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+            raise ValueError(f"{shown(value)} is not a duration; write e.g. 90s, 30m, 24h, 7d or 1h30m")
+        return _seconds(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts), value)
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def _seconds(total: float, written: Any) -> timedelta:
+    # timedelta() raises OverflowError (not a validation error) past ~2.7 million years or on infinity.
+    if not math.isfinite(total) or abs(total) > MAX_DURATION.total_seconds():
+        raise ValueError(f"{shown(written)} is out of range: durations are at most {MAX_DURATION.days} days")
+    return timedelta(seconds=total)
+
+
+def duration_between(low: timedelta, high: timedelta = MAX_DURATION) -> Any:
+    """A plan duration type bounded to [low, high]; `Duration` is [0, MAX_DURATION]."""
+
+    def check(value: timedelta) -> timedelta:
+        if value < low:
+            raise ValueError("must not be negative" if not low else f"must be at least {low}")
+        if value > high:
+            raise ValueError(f"must be at most {high.days} days" if high.days else f"must be at most {high}")
+        return value
+
+    return Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(check)]
+
+
+Duration = duration_between(timedelta(0))
+#: Each monitor window is a scrape activity and a timer in history: under a second would flood it;
+#: over a day would leave a whole stage unjudged.
+MonitorInterval = duration_between(timedelta(seconds=1), timedelta(days=1))
+
+
+def shown(value: Any, width: int = 80) -> str:
+    """A value quoted for an error line: escaped (no terminal control codes) and cut to `width`."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+class FieldError(ValueError):
+    """A model validator's complaint about one of its nested fields: `where` extends the location
+    pydantic reports, so the line reads `workloads.endpoints[0].target_url: ...`."""
+
+    def __init__(self, where: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an infinite price or threshold would pass every check, then serialize as
+    # null and leave the workflow unable to decode its own input.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _relative_path(value: str) -> str:
-    """A workload path is a prefix inside an environment's storage; it may not escape it."""
+def _relative_path(value: Any) -> Any:
+    """A workload path is a prefix inside an environment's storage: one spelling, never escaping it.
+
+    `a/./b` and `a//b` are refused rather than normalized: object stores treat them as different
+    keys from `a/b`, so the same data would be reached under two names. A trailing `/` only says
+    "directory" and is dropped."""
     if not isinstance(value, str):
         return value
-    parts = value.strip("/").split("/")
-    if value.startswith("/") or "\\" in value or "\x00" in value or ".." in parts:
-        raise ValueError(f"'{value}' must be a relative path inside the storage root (no '..', no leading '/')")
-    return value.strip("/")
+    path = value.removesuffix("/")
+    segments = path.split("/")
+    if not path:
+        raise ValueError("must name a prefix inside the storage root, e.g. datasets/corpus")
+    if value.startswith("/") or "\\" in value or _CONTROL.search(value):
+        raise ValueError(
+            f"{shown(value)} must be relative to the storage root: no leading '/', backslash or control characters"
+        )
+    if ".." in segments:
+        raise ValueError(f"{shown(value)} must stay inside the storage root: '..' is not allowed")
+    if "." in segments or "" in segments:
+        raise ValueError(
+            f"{shown(value)} has a '.' or empty segment; write the path once, as segments joined by single '/'"
+        )
+    return path
 
 
 RelativePath = Annotated[str, BeforeValidator(_relative_path)]
 
 
+def http_url_problem(url: str) -> str | None:
+    """Why an endpoint, router or metrics URL is unusable as a base other paths are appended to, or None.
+
+    Credentials are refused because the plan is stored in workflow history; dot and empty segments
+    because servers normalize them, so `http://host/a/../admin` is not the URL it looks like."""
+    if _CONTROL.search(url) or " " in url or "\\" in url:
+        return f"{shown(url)} must not contain spaces, backslashes or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: it raises on a malformed or out-of-range one
+    except ValueError as error:
+        return f"{shown(url)} is not a URL: {error}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{shown(url)} must be http:// or https:// followed by a host, e.g. http://chat.internal:8000"
+    if parts.username is not None or parts.password is not None:
+        return f"{shown(url)} must not carry credentials: the plan is kept in workflow history"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return f"{shown(url)} must not have a query or fragment: skyshift appends paths to it"
+    segments = parts.path.removesuffix("/").split("/")[1:]
+    if any(unquote(segment) in ("", ".", "..") for segment in segments):
+        return f"{shown(url)} has a '.', '..' or empty path segment; write the path as the server resolves it"
+    return None
+
+
 class ComputeSpec(_Model):
     gpu_type: str = Field(min_length=1, description="e.g. A100-80GB, H100-80GB, L40S, cpu")
     gpu_count: int = Field(ge=0, le=1024)
-    price_per_gpu_hour: float = Field(ge=0, description="USD per GPU-hour (per instance-hour when gpu_count is 0)")
+    price_per_gpu_hour: float = Field(
+        ge=0,
+        le=10_000,
+        description="USD per GPU-hour (per instance-hour when gpu_count is 0); at most 10,000, "
+        "~100x the dearest GPU-hour sold, so cost arithmetic stays finite",
+    )
 
 
 class Environment(_Model):
@@ -75,11 +177,25 @@ class Environment(_Model):
     region: str = Field(min_length=1)
     storage: StoreSpec
     compute: ComputeSpec
-    egress_per_gb_usd: float = Field(ge=0, description="Price of data leaving this environment, USD per GB")
-    bandwidth_gbps: float = Field(10.0, gt=0, description="Sustained egress bandwidth used for time projections")
+    egress_per_gb_usd: float = Field(
+        ge=0, le=100, description="Price of data leaving this environment, USD per GB; at most 100 (~500x list prices)"
+    )
+    bandwidth_gbps: float = Field(
+        10.0,
+        ge=0.001,
+        le=100_000,
+        description="Sustained egress bandwidth used for time projections; "
+        "1 Mbit/s to 100 Tbit/s, so a projected transfer time is always a finite number",
+    )
     allowed_data_regions: list[str] = Field(
         default_factory=list, description="Regions this environment's data may move to; empty allows any"
     )
+
+    @model_validator(mode="after")
+    def _check_endpoint(self) -> Environment:
+        if self.storage.endpoint is not None and (problem := http_url_problem(self.storage.endpoint)):
+            raise FieldError(("storage", "endpoint"), problem)
+        return self
 
     @property
     def task_queue(self) -> str:
@@ -95,7 +211,9 @@ class Checkpoint(_Model):
     name: str = Field(pattern=_NAME)
     path: RelativePath
     format: Literal["torch", "safetensors"] = "torch"
-    parameters_billion: float | None = Field(None, gt=0, description="Model size, if known; else read from files")
+    parameters_billion: float | None = Field(
+        None, gt=0, le=100_000, description="Model size, if known; else read from files (at most 100 trillion)"
+    )
 
 
 class Workloads(_Model):
@@ -113,18 +231,61 @@ class Workloads(_Model):
             raise ValueError(f"workload names must be unique; repeated: {', '.join(duplicates)}")
         if self.endpoints and self.router is None:
             raise ValueError("router: endpoints are listed, so a router is needed to shift their traffic")
+        for where, url in self._urls():
+            if problem := http_url_problem(url):
+                raise FieldError(where, problem)
         return self
+
+    def _urls(self) -> Iterator[tuple[tuple[int | str, ...], str]]:
+        """Every URL skyshift will call, with where it is in the plan (these models live in activities/)."""
+        for index, endpoint in enumerate(self.endpoints):
+            yield ("endpoints", index, "source_url"), endpoint.source_url
+            yield ("endpoints", index, "target_url"), endpoint.target_url
+        if self.router is not None and self.router.kind == "http":
+            yield ("router", "admin_url"), self.router.admin_url
+        if self.metrics.kind == "prometheus":
+            yield ("metrics", "url"), self.metrics.url
 
 
 class Thresholds(_Model):
-    latency_increase_pct: float = Field(15.0, ge=0, description="Allowed p50/p95/p99 increase of target over source")
-    error_rate_increase_pp: float = Field(0.1, ge=0, description="Allowed error-rate increase, percentage points")
-    loss_divergence_pct: float = Field(1.0, ge=0, description="Allowed relative loss difference in the parallel run")
-    min_samples: int = Field(50, ge=1, description="Fewer requests a side in a window is inconclusive")
-    min_throughput_ratio: float = Field(0.8, gt=0, description="POC: target/source benchmark throughput floor")
-    max_cost_ratio: float = Field(1.0, gt=0, description="POC: target/source cost per unit of work ceiling")
-    inconclusive_limit: int = Field(3, ge=1, description="Consecutive inconclusive windows before pausing")
-    max_consecutive_errors: int = Field(3, ge=1, description="Unreadable-metrics windows in a row that count as a fail")
+    """What judges the target. Each ceiling sits where the check would stop being able to fail."""
+
+    latency_increase_pct: float = Field(
+        15.0,
+        ge=0,
+        le=1000,
+        description="Allowed p50/p95/p99 increase of target over source; at most 1000 "
+        "(an 11x slower target): above that latency could never fail",
+    )
+    error_rate_increase_pp: float = Field(
+        0.1, ge=0, le=100, description="Allowed error-rate increase, percentage points of a rate that is 0-100"
+    )
+    loss_divergence_pct: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="Allowed relative loss difference in the parallel run; at most 1000 "
+        "(an 11x loss), above which any run would pass",
+    )
+    min_samples: int = Field(
+        50,
+        ge=1,
+        le=10_000_000,
+        description="Fewer requests a side in a window is inconclusive; at most 10 million, "
+        "above which every window would be inconclusive",
+    )
+    min_throughput_ratio: float = Field(
+        0.8, gt=0, le=100, description="POC: target/source benchmark throughput floor; at most 100x"
+    )
+    max_cost_ratio: float = Field(
+        1.0, gt=0, le=100, description="POC: target/source cost per unit of work ceiling; at most 100x"
+    )
+    inconclusive_limit: int = Field(
+        3, ge=1, le=1000, description="Consecutive inconclusive windows before pausing (at most 1000)"
+    )
+    max_consecutive_errors: int = Field(
+        3, ge=1, le=1000, description="Unreadable-metrics windows in a row that count as a fail (at most 1000)"
+    )
     confidence: float = Field(0.98, gt=0.5, lt=1, description="Confidence of the statistical tests in verdicts")
     dry_run: list[Literal["latency", "error_rate"]] = Field(
         default_factory=list, description="Metrics judged and reported but never acted on"
@@ -141,8 +302,6 @@ class Stage(_Model):
     def _default_name(self) -> Stage:
         if not self.name:
             object.__setattr__(self, "name", f"{self.percent}pct")
-        if self.duration < timedelta(0):
-            raise ValueError("duration must not be negative")
         return self
 
 
@@ -155,7 +314,9 @@ class CutoverSpec(_Model):
             Stage(percent=100),
         ]
     )
-    monitor_interval: Duration = Field(timedelta(minutes=5), description="How often both sides are measured")
+    monitor_interval: MonitorInterval = Field(
+        timedelta(minutes=5), description="How often both sides are measured; 1 s to 1 day"
+    )
     inconclusive_deadline: Duration = Field(
         timedelta(hours=1), description="How long a pause for inconclusive windows waits for an operator"
     )
@@ -175,8 +336,6 @@ class CutoverSpec(_Model):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError("stages: stage names must be unique")
-        if self.monitor_interval <= timedelta(0):
-            raise ValueError("monitor_interval: must be positive")
         return self
 
 
@@ -189,8 +348,10 @@ class BenchSpec(_Model):
 class ParallelRunSpec(_Model):
     seed: int = 1234
     steps: int = Field(60, ge=5, le=100_000)
-    batch_size: int = Field(64, ge=1)
-    sample_bytes: int = Field(1 << 20, ge=4096, description="Bytes of the first dataset both sides train on")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    sample_bytes: int = Field(
+        1 << 20, ge=4096, le=1 << 30, description="Bytes of the first dataset both sides train on (held in memory)"
+    )
 
 
 class DecommissionSpec(_Model):
@@ -208,7 +369,9 @@ class MigrationPlan(_Model):
     bench: BenchSpec = Field(default_factory=BenchSpec)
     parallel_run: ParallelRunSpec = Field(default_factory=ParallelRunSpec)
     decommission: DecommissionSpec = Field(default_factory=DecommissionSpec)
-    egress_budget_usd: float = Field(ge=0, description="Projected egress above this needs an operator's approval")
+    egress_budget_usd: float = Field(
+        ge=0, le=1e9, description="Projected egress above this needs an operator's approval; at most 1e9 USD"
+    )
     soak_period: Duration = Field(timedelta(days=7), description="Wait at 100% before decommissioning")
 
     @model_validator(mode="after")
@@ -224,8 +387,6 @@ class MigrationPlan(_Model):
                 )
         if self.source == self.target:
             raise ValueError("target: must differ from source")
-        if self.soak_period < timedelta(0):
-            raise ValueError("soak_period: must not be negative")
         return self
 
     def environment(self, name: str) -> Environment:
@@ -246,13 +407,22 @@ class PlanError(ValueError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"{source}: invalid plan\n" + "\n".join(f"  {p}" for p in problems))
+        lines = problems[:MAX_PROBLEMS]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(problems) - MAX_PROBLEMS} more problems")
+        super().__init__(f"{source}: invalid plan\n" + "\n".join(f"  {p}" for p in lines))
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[Any, ...]) -> str:
+    """`("environments", 1, "region")` → `environments[1].region`; odd keys are quoted, never printed raw."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) and not isinstance(part, bool):
+            text += f"[{part}]"
+        elif isinstance(part, str) and _SIMPLE_KEY.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{shown(part, 40)}]"
     return text
 
 
@@ -261,9 +431,54 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            loc += cause.where
         message = item["msg"].removeprefix("Value error, ")
-        where = _location(loc)
+        where = field_path(loc)
         problems.append(f"{where}: {message}" if where else message)
+    return problems
+
+
+def _values(data: Any) -> Iterator[tuple[tuple[Any, ...], Any, int]]:
+    """(path, value, depth) of every value in parsed data, in document order, without recursion."""
+    stack: list[tuple[tuple[Any, ...], Any, int]] = [((), data, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        yield path, value, depth
+        if isinstance(value, dict):
+            children = list(value.items())
+        elif isinstance(value, list | tuple | set | frozenset):
+            children = list(enumerate(value))
+        else:
+            continue
+        if depth < MAX_DEPTH:
+            stack.extend(((*path, key), child, depth + 1) for key, child in reversed(children))
+
+
+def number_problems(path: tuple[Any, ...], value: Any) -> str | None:
+    """Infinity and NaN (`.inf`, `1e309`) would pass `ge=0` checks and serialize as null; huge integers
+    would not survive other SDKs."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{field_path(path) or 'plan'}: {value} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return f"{field_path(path) or 'plan'}: {shown(value, 40)} is out of range (at most {MAX_INT:,})"
+    return None
+
+
+def data_problems(data: Any) -> list[str]:
+    """What parsed plan data must not reach validation with: too deep, too many values, numbers that
+    are not finite. Checked on the data, before any model, so models embedded from activities/ are
+    covered too, and every line names the path of the bad value."""
+    problems: list[str] = []
+    for count, (path, value, depth) in enumerate(_values(data), start=1):
+        if count > MAX_NODES:
+            problems.append(f"the plan has more than {MAX_NODES:,} values; a plan this large is not a plan")
+            break
+        if depth >= MAX_DEPTH and isinstance(value, dict | list | tuple | set | frozenset) and value:
+            problems.append(f"{field_path(path)}: nested deeper than {MAX_DEPTH} levels")
+        elif problem := number_problems(path, value):
+            problems.append(problem)
     return problems
 
 
@@ -271,7 +486,14 @@ def parse_plan(data: Any, source: str = "plan") -> MigrationPlan:
     """Validate plan data (already parsed from YAML/JSON); raise PlanError naming each bad field."""
     if not isinstance(data, dict):
         raise PlanError(source, [f"the plan must be a mapping of fields, not {type(data).__name__}"])
+    if problems := data_problems(data):
+        raise PlanError(source, problems)
     try:
-        return MigrationPlan.model_validate(data)
+        plan = MigrationPlan.model_validate(data)
     except ValidationError as error:
         raise PlanError(source, describe_validation_error(error)) from None
+    # Models from activities/ may turn a string such as "1e309" into an infinite float themselves.
+    dumped = [number_problems(path, value) for path, value, _ in _values(plan.model_dump())]
+    if problems := [p for p in dumped if p]:
+        raise PlanError(source, problems)
+    return plan

@@ -20,9 +20,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.transfer.archive import ReleaseResult
     from activities.validate import PocComparison, SideWindow, Verdict
 
+#: The lifecycle, in order (MigrationWorkflow.lifecycle() runs these); `status` shows the same words.
 PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
-Phase = Literal["pending", "assess", "poc", "parallel_run", "cutover", "decommission", "rolling_back", "done"]
-Outcome = Literal["completed", "rolled_back", "stopped", "cancelled"]
+#: The phase list of workers that counted phases by index (`next_phase`), to resume their state.
+LEGACY_PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
+Phase = Literal["pending", "assess", "poc", "parallel_run", "shadow", "cutover", "decommission", "rolling_back", "done"]
+Outcome = Literal["completed", "rolled_back", "stopped", "cancelled", "failed"]
 
 SA_PHASE = SearchAttributeKey.for_keyword("SkyshiftPhase")
 SA_TRAFFIC = SearchAttributeKey.for_int("SkyshiftTrafficPercent")
@@ -92,7 +95,8 @@ class MigrationState(BaseModel):
     migration_id: str
     plan_name: str
     phase: Phase = "pending"
-    next_phase: int = Field(0, description="Index into PHASES of the next phase to run")
+    next_phase: int = Field(0, description="Phases completed (kept for state written by older workers)")
+    completed_phases: list[str] = Field(default_factory=list, description="Phases that ran to the end, in order")
     stage: str | None = None
     traffic_percent: int = 0
     paused: bool = False
@@ -111,6 +115,7 @@ class MigrationState(BaseModel):
     audit: list[AuditEntry] = Field(default_factory=list)
     outcome: Outcome | None = None
     outcome_reason: str = ""
+    ended_in: str | None = Field(None, description="The phase the migration was in when it stopped or failed")
 
 
 class MigrationInput(BaseModel):

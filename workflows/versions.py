@@ -1,0 +1,44 @@
+"""Workflow versions: every change to running workflow code, as a `workflow.patched()` id with its reason.
+
+Migrations run for weeks and outlive deploys. A change that alters the commands a workflow emits
+(a new activity, a cancellation, a different order) would make an in-flight migration fail to
+replay on the new workers, so each such change is guarded by a patch id: new executions take the
+new path and record a marker; histories recorded before the change replay the old path. Patches
+are listed here, oldest first, so the history of the workflow code is one table, and
+`tests/histories/` gains a recorded history for each one (never re-recorded).
+
+A patch is removed (`workflow.deprecate_patch`, then deleted) only once no execution that started
+before it can still be running: the longest migration plus its retention period.
+
+Why patches rather than Worker Versioning: skyshift's workers run in each customer cloud and
+usually one deployment per environment; pinning each migration to the build that started it would
+mean keeping old worker fleets alive for weeks in every cloud. Patching lets a migration move onto
+new code mid-flight (its undo logic included), which is what an operator upgrading skyshift expects.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Patch(NamedTuple):
+    id: str
+    since: str
+    change: str
+
+
+INTERRUPT_LONG_WORK = "2026-11-interrupt-long-work"
+COMPENSATE_EVERY_EXIT = "2026-11-compensate-every-exit"
+SYNC_V2 = "2026-11-sync-v2"
+EMPTY_SOURCE_STOPS = "2026-11-empty-source-stops"
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(INTERRUPT_LONG_WORK, "2026-11-29",
+          "a rollback request cancels in-flight work (sync, benchmark, training) and waits for it to stop"),
+    Patch(COMPENSATE_EVERY_EXIT, "2026-11-29",
+          "a failed activity or child, or a cancel delivered during one, compensates and records an outcome"),
+    Patch(SYNC_V2, "2026-11-29",
+          "DatasetSyncWorkflow: metadata outside the data, pipelined ranges, deletes bounded and done last"),
+    Patch(EMPTY_SOURCE_STOPS, "2026-11-29",
+          "a workload with no objects at the source stops the migration at assess instead of copying nothing"),
+)  # fmt: skip
