@@ -31,7 +31,7 @@ _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 #: these keep a hostile one (10,000 nested lists, an alias bomb, a self-containing alias) from
 #: exhausting recursion, memory or time in the loader and in validation.
 MAX_DEPTH = 32
-MAX_NODES = 50_000
+MAX_NODES = 20_000
 #: Integers beyond int64 cannot cross into other SDKs or the UI intact, and no plan number needs them.
 MAX_INT = 2**63 - 1
 #: The longest any plan duration may be (a stage, the soak, a deadline). Temporal timers allow more,
@@ -73,12 +73,18 @@ def duration_between(low: timedelta, high: timedelta = MAX_DURATION) -> Any:
 
     def check(value: timedelta) -> timedelta:
         if value < low:
-            raise ValueError("must not be negative" if not low else f"must be at least {low}")
+            raise ValueError(f"must be at least {_spoken(low)}" if low else "must not be negative")
         if value > high:
-            raise ValueError(f"must be at most {high.days} days" if high.days else f"must be at most {high}")
+            raise ValueError(f"must be at most {_spoken(high)}")
         return value
 
     return Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(check)]
+
+
+def _spoken(value: timedelta) -> str:
+    if value.days and value == timedelta(days=value.days):
+        return f"{value.days} day{'s' if value.days != 1 else ''}"
+    return f"{value.total_seconds():g} s"
 
 
 Duration = duration_between(timedelta(0))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMES = ("s3://", "gs://", "file://")
 
@@ -41,16 +42,59 @@ class StoreSpec(BaseModel):
     endpoint: str | None = Field(None, description="Override the provider endpoint (emulators, S3-compatible stores)")
     credentials: str | None = Field(None, description="Name of a credential the worker resolves; never a secret")
 
-    @model_validator(mode="after")
-    def _check_url(self) -> StoreSpec:
-        if not self.url.startswith(SCHEMES):
-            raise ValueError(f"url '{self.url}' must start with one of {', '.join(SCHEMES)}")
-        rest = self.url.split("://", 1)[1]
-        if self.url.startswith("file://") and not rest.startswith("/"):
-            raise ValueError(f"url '{self.url}' must be an absolute path: file:///abs/path")
-        if not self.url.startswith("file://") and len(rest.split("/", 1)[0]) < 3:
-            raise ValueError(f"url '{self.url}' needs a bucket name of at least 3 characters")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        """One spelling per location: a trailing '/' is dropped; '.', '..' and empty path segments are
+        refused (stores treat `a//b` and `a/./b` as other keys than `a/b`, and `..` would escape the
+        root); bucket names follow the provider's rules, so a typo fails here, not mid-migration."""
+        shown = repr(url) if len(url) <= 80 else f"{repr(url)[:77]}..."
+        if not url.startswith(SCHEMES):
+            raise ValueError(f"url {shown} must start with one of {', '.join(SCHEMES)}")
+        scheme, rest = url.split("://", 1)
+        if any(c in rest for c in "?#\\") or any(ord(c) < 32 or ord(c) == 127 for c in rest):
+            raise ValueError(f"url {shown} must not contain '?', '#', backslashes or control characters")
+        if scheme == "file":
+            if not rest.startswith("/"):
+                raise ValueError(f"url {shown} must be an absolute path: file:///abs/path")
+            root, path = "", rest[1:]
+        else:
+            bucket, _, path = rest.partition("/")
+            if len(bucket) < 3:
+                raise ValueError(f"url {shown} needs a bucket name of at least 3 characters")
+            # S3: docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html (general purpose);
+            # GCS: cloud.google.com/storage/docs/buckets#naming.
+            rules = {
+                "s3": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", ("xn--", "sthree-", "amzn-s3-demo-"),
+                       ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"), ()),
+                "gs": (r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", ("goog",), (), ("google", "g00gle")),
+            }  # fmt: skip
+            pattern, prefixes, suffixes, forbidden = rules[scheme]
+            component_too_long = any(len(part) > 63 for part in bucket.split("."))
+            if (
+                not re.fullmatch(pattern, bucket)
+                or ".." in bucket
+                or ("." not in bucket and len(bucket) > 63)
+                or component_too_long
+                or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket)
+            ):
+                raise ValueError(
+                    f"url {shown}: bucket {bucket[:70]!r} is not a valid {scheme} bucket name (3-63 lowercase "
+                    f"letters, digits, '-' or '.'{', _' if scheme == 'gs' else ''}; starting and ending with a "
+                    "letter or digit; not an IP address)"
+                )
+            reserved = [p for p in prefixes if bucket.startswith(p)] + [s for s in suffixes if bucket.endswith(s)]
+            reserved += [word for word in forbidden if word in bucket]
+            if reserved:
+                raise ValueError(f"url {shown}: bucket names may not use the reserved {reserved[0]!r}")
+            root = bucket
+        path = path.removesuffix("/")
+        if path and any(segment in ("", ".", "..") for segment in path.split("/")):
+            raise ValueError(
+                f"url {shown} has a '.', '..' or empty path segment; write the location once, as segments "
+                "joined by single '/'"
+            )
+        return f"{scheme}://{root}/{path}" if path or scheme == "file" else f"{scheme}://{root}"
 
 
 class ObjectInfo(BaseModel):
