@@ -15,6 +15,7 @@ checkpoint directory.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from activities.checkpoints.digests import tensor_digest
 from activities.checkpoints.errors import MalformedCheckpointError, UnsupportedCheckpointError
 from activities.checkpoints.models import FileScan, RankState, TensorInfo
-from activities.checkpoints.state import classify, rank_of
+from activities.checkpoints.state import classify, rank_of, state_group
 from activities.checkpoints.torch_format import TorchArchive, is_torch_zip, load_bytes
 from activities.checkpoints.unpickle import ITEMSIZE, Record, TorchDtype, restricted_loads
 from activities.stores import Store
@@ -237,8 +238,6 @@ def check_values(reader: _Reader, metadata: DcpMetadata, label: str) -> None:
         item_label = f"{label}/{item.file} (item {name!r})"
         if not is_torch_zip(blob):
             raise MalformedCheckpointError(label, f"value {name!r} in {item.file} is not a torch.save record")
-        import io
-
         TorchArchive(io.BytesIO(blob), item_label)
 
 
@@ -291,10 +290,9 @@ def _ranks(metadata: DcpMetadata, sizes: dict[str, int]) -> list[RankState]:
         dtype = metadata.tensors[name].dtype if name in metadata.tensors else None
         category = classify(name, dtype)
         if category in ("dataloader", "rng", "optimizer"):
-            bucket = getattr(state(rank), category)
-            prefix = name.split(".rank")[0] if ".rank" in name else name
-            if prefix not in bucket:
-                bucket.append(prefix)
+            bucket, group = getattr(state(rank), category), state_group(name)
+            if group not in bucket:
+                bucket.append(group)
     return [ranks[r] for r in sorted(ranks)]
 
 

@@ -51,3 +51,15 @@ def rank_of(name: str) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+def state_group(name: str) -> str:
+    """The entry a name belongs to, for reports: the name up to the segment that classified it, plus a rank
+    segment right after it (`dataloader.rank_0.epoch` -> `dataloader.rank_0`, `rng_state.cpu` -> `rng_state`)."""
+    segments = name.split(".")
+    for i, segment in enumerate(segments):
+        base = RANK_SEGMENT.sub("", segment) or segment
+        if any(p.match(segment) or p.match(base) for category, p in STATE_PATTERNS if category != "model"):
+            end = i + 2 if i + 1 < len(segments) and RANK_SEGMENT.search(segments[i + 1]) else i + 1
+            return ".".join(segments[:end])
+    return name

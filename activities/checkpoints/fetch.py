@@ -1,0 +1,63 @@
+"""Checkpoint URLs and local copies: where a URL's store and path are, and a checkpoint's files on local disk.
+
+Loading with torch (the compatibility check's real `torch.load`, DCP conversion) needs files on a local
+disk; inspection does not (it streams). `fetch_checkpoint` copies exactly the files inspection would read,
+streamed to disk in bounded pieces, never holding a shard in memory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+from activities.checkpoints.errors import CheckpointError
+from activities.checkpoints.layout import DCP_METADATA, INDEX_SUFFIX
+from activities.stores import Store, StoreSpec, join_key
+from activities.transfer.layout import user_objects
+
+
+def split_url(url: str) -> tuple[StoreSpec, str]:
+    """(store, path in it) for file:///abs/path, s3://bucket/key, gs://bucket/key or a plain local path.
+
+    Local: a file's store is its directory; a directory is its own store. Buckets: the store is the bucket.
+    """
+    if "://" not in url:
+        url = Path(url).resolve().as_uri()
+    if url.startswith("file://"):
+        local = Path(urlparse(url).path)
+        if local.is_file():
+            return StoreSpec(url=local.parent.as_uri()), local.name
+        return StoreSpec(url=local.as_uri()), ""
+    parsed = urlparse(url)
+    return StoreSpec(url=f"{parsed.scheme}://{parsed.netloc}"), parsed.path.strip("/")
+
+
+def checkpoint_files(store: Store, path: str) -> tuple[str, dict[str, int], str | None]:
+    """(directory, {key relative to it: size}, the single file's name or None) of the checkpoint at `path`."""
+    path = path.strip("/")
+    info = store.info(path) if path else None
+    if info is not None:
+        directory, _, name = path.rpartition("/")
+        if name != DCP_METADATA and not name.endswith(INDEX_SUFFIX):
+            return directory, {name: info.size}, name
+        path = directory
+        keys = {o.key[len(path) + 1 if path else 0 :]: o.size for o in user_objects(store, path)}
+        return path, {k: v for k, v in keys.items() if "/" not in k}, None
+    prefix = f"{path}/" if path else ""
+    keys = {o.key[len(prefix) :]: o.size for o in user_objects(store, path)}
+    if not keys:
+        raise CheckpointError(f"{store.url.rstrip('/')}/{path}", "no checkpoint here: the path holds no objects")
+    return path, keys, None
+
+
+def fetch_checkpoint(store: Store, path: str, destination: Path) -> Path:
+    """Copy the checkpoint at `path` under `destination`; return the local file or directory to load."""
+    directory, keys, single = checkpoint_files(store, path)
+    destination.mkdir(parents=True, exist_ok=True)
+    for key in sorted(keys):
+        local = destination / key
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with store.open_read(join_key(directory, key) if directory else key) as source, open(local, "wb") as out:
+            shutil.copyfileobj(source, out, 8 << 20)
+    return destination / single if single else destination
