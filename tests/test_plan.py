@@ -50,6 +50,9 @@ def test_plan_schema_names_the_fields(capsys):
     assert main(["plan", "schema", "--json"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert {"environments", "workloads", "cutover", "egress_budget_usd"} <= set(schema["properties"])
+    # The ceilings are part of the contract an operator can read, not only of the code.
+    assert schema["$defs"]["ComputeSpec"]["properties"]["price_per_gpu_hour"]["maximum"] == 10_000
+    assert schema["$defs"]["Thresholds"]["properties"]["latency_increase_pct"]["maximum"] == 1000
 
 
 INVALID = [
@@ -115,3 +118,11 @@ def test_plan_error_lists_every_problem():
             edited(lambda d: (d["environments"][0].update(region=""), d["environments"][1].update(provider="N!")))
         )
     assert len(error.value.problems) == 2
+
+
+def test_data_that_contains_itself_is_refused_not_recursed():
+    """Plans built in code (the demo, tests, other tools) get the same depth bound as files."""
+    data = example()
+    data["workloads"]["datasets"][0]["path"] = data["workloads"]["datasets"]
+    with pytest.raises(PlanError, match=r"workloads\.datasets\[0\]\.path\[0\]\.path.*nested deeper than 32 levels"):
+        parse_plan(data)

@@ -276,9 +276,9 @@ class Thresholds(_Model):
     min_samples: int = Field(
         50,
         ge=1,
-        le=10_000_000,
-        description="Fewer requests a side in a window is inconclusive; at most 10 million, "
-        "above which every window would be inconclusive",
+        le=1_000_000_000,
+        description="Fewer requests a side in a window is inconclusive; at most a billion: no endpoint serves "
+        "that in one window, so higher only means every window is inconclusive",
     )
     min_throughput_ratio: float = Field(
         0.8, gt=0, le=100, description="POC: target/source benchmark throughput floor; at most 100x"
