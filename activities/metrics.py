@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 
+from activities.shadow.spec import ShadowSpec
+
 REQUESTS = "skyshift_requests"
 ERRORS = "skyshift_request_errors"
 LATENCY = "skyshift_request_latency_seconds"
@@ -37,6 +39,7 @@ class EndpointPair(BaseModel):
     target_url: str = Field(pattern=r"^https?://", description="Base URL of the target deployment (serves /metrics)")
     source_labels: str = Field("", description='PromQL label matchers for the source, e.g. job="chat",env="aws"')
     target_labels: str = Field("", description="PromQL label matchers for the target")
+    shadow: ShadowSpec | None = Field(None, description="Shadow inference before cutover: requests, comparator")
 
 
 class PromQueries(BaseModel):
