@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 #: Variables the embedded stack publishes; a value already in the environment always wins.
-STACK_VARIABLES = ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "AWS_ENDPOINT_URL_S3", "STORAGE_EMULATOR_HOST")
+STACK_VARIABLES = (
+    "TEMPORAL_ADDRESS",
+    "TEMPORAL_NAMESPACE",
+    "TEMPORAL_UI",
+    "AWS_ENDPOINT_URL_S3",
+    "STORAGE_EMULATOR_HOST",
+)
 
 
 def state_dir() -> Path:
@@ -59,6 +68,41 @@ def temporal_namespace() -> str:
     return os.environ.get("TEMPORAL_NAMESPACE", "default")
 
 
+def temporal_ui() -> str:
+    """The Temporal UI's base URL: `TEMPORAL_UI` (written by `skyshift dev up`), else the dev server default."""
+    return os.environ.get("TEMPORAL_UI", "http://127.0.0.1:8233").rstrip("/")
+
+
+def ui_link(workflow_id: str) -> str:
+    return f"{temporal_ui()}/namespaces/{temporal_namespace()}/workflows/{workflow_id}"
+
+
+def rpc_timeout() -> timedelta:
+    """How long a query or update waits for a worker to answer (`SKYSHIFT_RPC_TIMEOUT` seconds, default 15).
+
+    Without a bound, `status` or `approve` against a migration whose workers are all down would wait
+    forever; with one, the operator hears that no worker answered.
+    """
+    return timedelta(seconds=float(os.environ.get("SKYSHIFT_RPC_TIMEOUT") or 15))
+
+
+def data_converter(encrypt: bool | None = None) -> DataConverter:
+    """The pydantic converter, plus the AES-GCM codec when encryption is on (`--encrypt`, SKYSHIFT_ENCRYPT=1).
+
+    With encryption, failure messages and stack traces move into the encrypted payload too: an
+    error often quotes the very bucket or key the payloads hide.
+    """
+    from skyshift.codec import codec_from_env, encryption_requested
+
+    if not (encryption_requested() if encrypt is None else encrypt):
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec_from_env(),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 def tls_config() -> TLSConfig | bool:
     """mTLS from TEMPORAL_TLS_CERT/TEMPORAL_TLS_KEY (file paths), plain TLS with an API key, else none."""
     cert, key = os.environ.get("TEMPORAL_TLS_CERT"), os.environ.get("TEMPORAL_TLS_KEY")
@@ -69,18 +113,30 @@ def tls_config() -> TLSConfig | bool:
     return bool(os.environ.get("TEMPORAL_API_KEY"))
 
 
-async def connect(address: str | None = None, namespace: str | None = None) -> Client:
-    """Connect with the pydantic data converter and tracing, as every skyshift process must.
+async def connect(
+    address: str | None = None,
+    namespace: str | None = None,
+    *,
+    runtime: Runtime | None = None,
+    encrypt: bool | None = None,
+    service: str = "skyshift",
+) -> Client:
+    """Connect with the pydantic data converter, the codec if asked for, and tracing if configured.
 
     Workflows and activities exchange pydantic models; a client built any other way would
     decode them as plain dicts. Temporal Cloud: set TEMPORAL_API_KEY, or TEMPORAL_TLS_CERT and
     TEMPORAL_TLS_KEY; the secrets stay in the process environment, never in workflow inputs.
+    `runtime` carries a worker's Prometheus exporter (`skyshift.telemetry.prometheus_runtime`);
+    tracing follows the standard OTEL_* variables (`skyshift.telemetry`).
     """
+    from skyshift.telemetry import client_plugins
+
     return await Client.connect(
         address or temporal_address(),
         namespace=namespace or temporal_namespace(),
         api_key=os.environ.get("TEMPORAL_API_KEY") or None,
         tls=tls_config(),
-        data_converter=pydantic_data_converter,
-        interceptors=[TracingInterceptor()],
+        data_converter=data_converter(encrypt),
+        plugins=client_plugins(service),
+        runtime=runtime,
     )

@@ -2,6 +2,11 @@
 
 On a signal the worker stops polling, lets running activities finish (up to the grace period) and
 exits 0, so a rolling deploy never strands work: Temporal hands unfinished tasks to another worker.
+
+Telemetry: `--metrics-port N` serves Prometheus metrics (the Temporal SDK's worker metrics and
+skyshift's own counters, `skyshift.metrics`) on :N/metrics; traces follow the standard OTEL_*
+variables (`skyshift.telemetry`). `--encrypt` turns on the AES-GCM payload codec (`skyshift.codec`):
+every worker and client of a migration must agree on it.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +47,12 @@ def build_worker(client: Client, *, env: str | None, max_activities: int = 8) ->
     return worker, executor
 
 
-async def serve(env: str | None, max_activities: int) -> None:
-    client = await connect()
+async def serve(env: str | None, max_activities: int, metrics_port: int | None = None) -> None:
+    from skyshift.telemetry import prometheus_runtime
+
+    runtime = prometheus_runtime(metrics_port) if metrics_port is not None else None
+    service = "skyshift-worker-" + (env or "control")
+    client = await connect(runtime=runtime, service=service)
     worker, executor = build_worker(client, env=env, max_activities=max_activities)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,11 +60,23 @@ async def serve(env: str | None, max_activities: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     queue = CONTROL_TASK_QUEUE if env is None else task_queue_for(env)
     log.info("serving %s on %s", queue, client.service_client.config.target_host)
+    if metrics_port is not None:
+        log.info("metrics on :%d/metrics", metrics_port)
     async with worker:
         await stop.wait()
         log.info("signal received: draining %s", queue)
     executor.shutdown(wait=True)
+    _flush_traces()
     log.info("stopped")
+
+
+def _flush_traces() -> None:
+    """Spans still batched in memory go out before the process ends."""
+    from skyshift.telemetry import configure_tracing
+
+    provider = configure_tracing()
+    if provider is not None:
+        provider.force_flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--env", help="serve the task queue skyshift.<ENV>")
     which.add_argument("--control", action="store_true", help="serve skyshift.control (workflows, analysis)")
-    parser.add_argument("--max-activities", type=int, default=8)
+    parser.add_argument("--max-activities", type=int, default=8, help="activities run at once (default 8)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0.0.0.0:PORT/metrics)")
+    parser.add_argument("--encrypt", action="store_true", help="AES-GCM payload codec (as SKYSHIFT_ENCRYPT=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.encrypt:
+        os.environ["SKYSHIFT_ENCRYPT"] = "1"
     load_stack_env()
-    asyncio.run(serve(None if args.control else args.env, args.max_activities))
+    try:
+        asyncio.run(serve(None if args.control else args.env, args.max_activities, args.metrics_port))
+    except ValueError as error:  # a codec key or an OTEL_* setting that cannot work: say which, exit 2
+        from skyshift.codec import CodecConfigError
+        from skyshift.telemetry import TelemetryConfigError
+
+        if not isinstance(error, CodecConfigError | TelemetryConfigError):
+            raise
+        print(f"skyshift-worker: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
