@@ -12,24 +12,21 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from skyshift.runtime import load_stack_env
-from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, with_client
+from skyshift import __version__
+from skyshift.runtime import load_stack_env, ui_link
+from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, fail, with_client
 from workflows.plan import PlanError
 
 
 def rejected(what: str, error: WorkflowUpdateFailedError) -> UsageError:
     """An update the workflow's validator refused: invalid input, with the validator's reason."""
     return UsageError(f"{what}: rejected: {getattr(error.cause, 'message', None) or error}")
-
-
-def ui_link(workflow_id: str) -> str:
-    base = os.environ.get("TEMPORAL_UI", "http://127.0.0.1:8233")
-    namespace = os.environ.get("TEMPORAL_NAMESPACE", "default")
-    return f"{base}/namespaces/{namespace}/workflows/{workflow_id}"
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -63,7 +60,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     async def go(args: argparse.Namespace, client: Client) -> int:
         from starters import operate, render
 
-        handle = await operate.start_migration(client, plan, args.id)
+        try:
+            handle = await operate.start_migration(client, plan, args.id)
+        except WorkflowAlreadyStartedError:
+            raise UsageError(
+                f"--id {args.id}: a migration with this id already exists (ids are never reused): "
+                f"see `skyshift status {args.id}`, or start with another --id"
+            ) from None
         if not args.wait:
             emit(
                 args,
@@ -91,27 +94,14 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
 async def cmd_list(args: argparse.Namespace, client: Client) -> int:
     from starters import operate
 
-    rows = await operate.list_migrations(client)
+    rows = await operate.list_migrations(client, limit=args.limit, query=args.query)
     text = "\n".join(
         f"{r['id']:<40} {r['status']:<11} {r['phase'] or '-':<14} "
-        f"{r['traffic_percent'] or 0:>3}%  {r['verdict'] or '-'}"
+        f"{r['traffic_percent'] or 0:>3}%  {r['outcome'] or r['verdict'] or '-'}"
         for r in rows
     )
     emit(args, {"migrations": rows}, text or "no migrations")
     return EXIT_OK
-
-
-@with_client
-async def cmd_watch(args: argparse.Namespace, client: Client) -> int:
-    from starters import operate, render
-
-    def show(state, previous) -> None:
-        for line in render.changes(state, previous):
-            print(line, flush=True)
-
-    state = await operate.follow(client, args.id, show)
-    print(render.summary(state, ui_link(args.id)))
-    return EXIT_OK if state.outcome == "completed" else EXIT_FAILED
 
 
 @with_client
@@ -130,11 +120,15 @@ async def cmd_approve(args: argparse.Namespace, client: Client) -> int:
 async def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
     from starters import operate
 
-    await operate.rollback(client, args.id, args.reason, args.by)
+    try:
+        how = await operate.rollback(client, args.id, args.reason, args.by)
+    except WorkflowUpdateFailedError as error:
+        raise UsageError(f"rollback of {args.id} ignored: {getattr(error.cause, 'message', None) or error}") from None
+    note = "" if how == "accepted" else " (sent as a signal: this worker predates request_rollback)"
     emit(
         args,
-        {"id": args.id, "rollback_requested": True, "by": args.by},
-        f"rollback requested on {args.id}; follow it with: skyshift watch {args.id}",
+        {"id": args.id, "rollback_requested": True, "by": args.by, "delivery": how},
+        f"rollback requested on {args.id}{note}; follow it with: skyshift watch {args.id}",
     )
     return EXIT_OK
 
@@ -216,6 +210,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     # Workers are their own process kind; hand over to their entry point.
     argv = [sys.executable, "-m", "workers.main", *(["--control"] if args.control else ["--env", args.env])]
+    if args.metrics_port is not None:
+        argv += ["--metrics-port", str(args.metrics_port)]
+    if args.encrypt:
+        argv.append("--encrypt")
     os.execv(sys.executable, argv)
     return EXIT_FAILED  # not reached
 
@@ -226,112 +224,190 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.scenario, json_output=args.json)
 
 
+def cmd_codec_server(args: argparse.Namespace) -> int:
+    from skyshift.codec import CodecConfigError, codec_from_env, codec_server
+    from skyshift.runtime import temporal_ui
+
+    try:
+        codec = codec_from_env()
+    except CodecConfigError as error:
+        raise UsageError(str(error)) from None
+    origins = args.ui_origin or [temporal_ui()]
+    server = codec_server(codec, args.host, args.port, origins)
+    url = f"http://{args.host}:{server.server_address[1]}"
+    emit(
+        args,
+        {"url": url, "key_id": codec.key_id, "ui_origins": origins},
+        f"codec server on {url} (key {codec.key_id}), answering the UI at {', '.join(origins)}\n"
+        f"  Temporal UI: set the codec endpoint to {url} (or `temporal server start-dev --ui-codec-endpoint {url}`)\n"
+        f"  Temporal CLI: temporal workflow show --workflow-id ID --codec-endpoint {url}",
+    )
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`, sets `handler` on
 #: its parsers and imports heavy libraries (torch) only inside its handlers.
-COMMAND_MODULES: tuple[str, ...] = ("starters.sync",)
+COMMAND_MODULES: tuple[str, ...] = ("starters.sync", "starters.watch", "starters.report")
+
+BY_HELP = "who is acting, for the audit log (default: $USER)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one JSON object on stdout when the command line asks for `--json`."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if Parser.json_errors:
+            print(json.dumps({"error": f"{self.prog}: {message}", "exit_code": EXIT_INVALID}))
+            sys.exit(EXIT_INVALID)
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skyshift", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="skyshift", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"skyshift {__version__}")
+    parser.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt payloads with the AES-GCM codec (key from SKYSHIFT_CODEC_KEY or SKYSHIFT_CODEC_KMS_KEY_ID); "
+        "the same as SKYSHIFT_ENCRYPT=1",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, description=help.replace("%%", "%"))
         p.set_defaults(handler=handler)
         if json_flag:
-            p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+            p.add_argument("--json", action="store_true", help="print one JSON object on stdout (errors too)")
         return p
 
+    def operator(p: argparse.ArgumentParser, note: bool = True) -> None:
+        p.add_argument("id", help="the migration's workflow id (`skyshift list` shows them)")
+        p.add_argument("--by", default=os.environ.get("USER", "operator"), help=BY_HELP)
+        if note:
+            p.add_argument("--note", default="", help="a note for the audit log")
+
     dev = command("dev", cmd_dev, "embedded stack on 127.0.0.1 (Temporal, S3, GCS), state under .skyshift/")
-    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("action", choices=["up", "down", "status"], help="start, stop, or report the embedded stack")
 
     worker = command("worker", cmd_worker, "run a worker for one task queue", json_flag=False)
     which = worker.add_mutually_exclusive_group(required=True)
-    which.add_argument("--env", help="serve skyshift.<ENV>")
-    which.add_argument("--control", action="store_true", help="serve skyshift.control")
+    which.add_argument("--env", help="serve the task queue skyshift.<ENV>")
+    which.add_argument("--control", action="store_true", help="serve skyshift.control (workflows, analysis)")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (SDK + skyshift)")
 
     demo = command("demo", cmd_demo, "a full migration on the embedded stack, end to end")
-    demo.add_argument("--scenario", choices=["ok", "regression"], default="ok")
+    demo.add_argument("--scenario", choices=["ok", "regression"], default="ok",
+                      help="ok: completes; regression: the target slows at 25%% and it rolls back")  # fmt: skip
 
-    plan = sub.add_parser("plan", help="validate a plan or print its JSON Schema")
-    plan_sub = plan.add_subparsers(dest="plan_command", required=True)
-    validate = plan_sub.add_parser("validate", help="validate PLAN.yaml")
-    validate.add_argument("plan")
-    validate.add_argument("--json", action="store_true")
+    plan = sub.add_parser("plan", help="validate a plan or print its JSON Schema",
+                          description="validate a plan or print its JSON Schema")  # fmt: skip
+    plan_sub = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
+    validate = plan_sub.add_parser("validate", help="validate PLAN.yaml", description="validate PLAN.yaml")
+    validate.add_argument("plan", help="the plan file (YAML or JSON)")
+    validate.add_argument("--json", action="store_true", help="print one JSON object on stdout (errors too)")
     validate.set_defaults(handler=cmd_plan_validate)
-    schema = plan_sub.add_parser("schema", help="print the plan's JSON Schema")
+    schema = plan_sub.add_parser("schema", help="print the plan's JSON Schema",
+                                 description="print the plan's JSON Schema")  # fmt: skip
     schema.add_argument("--json", action="store_true", help="compact, one line")
     schema.set_defaults(handler=cmd_plan_schema)
 
     start = command("start", cmd_start, "start a migration from PLAN.yaml")
-    start.add_argument("plan")
-    start.add_argument("--id", help="workflow id (default: <plan name>-<random>)")
+    start.add_argument("plan", help="the plan file (YAML or JSON); validated before anything starts")
+    start.add_argument("--id", help="workflow id, never reused (default: <plan name>-<random>)")
     start.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 unless completed")
 
-    for name, handler, help in (
-        ("status", cmd_status, "a migration's phase, stage, traffic, verdicts, gate and audit log"),
-        ("watch", cmd_watch, "follow a migration until it ends"),
-    ):
-        command(name, handler, help, json_flag=name != "watch").add_argument("id")
-    command("list", cmd_list, "recent migrations with their phase, traffic and verdict")
+    status = command("status", cmd_status, "a migration's phase, stage, traffic, verdicts, gate and audit log")
+    status.add_argument("id", help="the migration's workflow id")
+    listing = command("list", cmd_list, "recent migrations with their phase, traffic and verdict")
+    listing.add_argument("--query", help="a Temporal list filter, e.g. 'SkyshiftPhase=\"cutover\"' (see README)")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
 
     approve = command("approve", cmd_approve, "approve the gate a migration waits at")
-    approve.add_argument("id")
+    operator(approve)
     approve.add_argument("--stage", required=True, help="the pending gate, as `status` shows it")
-    approve.add_argument("--by", default=os.environ.get("USER", "operator"))
-    approve.add_argument("--note", default="")
 
     rollback = command("rollback", cmd_rollback, "force a rollback: compensations run in reverse")
-    rollback.add_argument("id")
-    rollback.add_argument("--reason", required=True)
-    rollback.add_argument("--by", default=os.environ.get("USER", "operator"))
+    operator(rollback, note=False)
+    rollback.add_argument("--reason", required=True, help="why, for the audit log and the report")
 
     for name, resume in (("pause", False), ("resume", True)):
-        p = command(name, _pause_command(resume), f"{name} a migration at its next step")
-        p.add_argument("id")
-        p.add_argument("--by", default=os.environ.get("USER", "operator"))
-        p.add_argument("--note", default="")
+        operator(command(name, _pause_command(resume), f"{name} a migration at its next step"))
 
     for name, action, help in (("skip-stage", "skip_stage", "end the current cutover stage now, go to the next"),
-                               ("promote", "promote", "go straight to the final (100%) cutover stage")):  # fmt: skip
-        p = command(name, _stage_command(action), help)
-        p.add_argument("id")
-        p.add_argument("--by", default=os.environ.get("USER", "operator"))
-        p.add_argument("--note", default="")
+                               ("promote", "promote", "go straight to the final (100%%) cutover stage")):  # fmt: skip
+        operator(command(name, _stage_command(action), help))
 
     bench = command("bench", cmd_bench, "run the GPU/CPU benchmark suite here")
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    bench.add_argument("--trials", type=int, default=3)
-    bench.add_argument("--size", type=int, default=1024, help="matmul size")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
+    bench.add_argument("--trials", type=int, default=3, help="repetitions; the median is reported (default 3)")
+    bench.add_argument("--size", type=int, default=1024, help="matmul size (default 1024)")
+
+    codec = command("codec-server", cmd_codec_server, "decrypt payloads for the Temporal UI and CLI (AES-GCM codec)")
+    codec.add_argument("--host", default="127.0.0.1", help="listen address (default loopback: only this machine)")
+    codec.add_argument("--port", type=int, default=8081, help="listen port (default 8081; 0 picks a free one)")
+    codec.add_argument(
+        "--ui-origin",
+        action="append",
+        help="a Temporal UI origin that may call it (CORS); repeatable; default: $TEMPORAL_UI",
+    )
+
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
+    for choice in sub._choices_actions:  # modules may give only `help=`: it is the description too
+        parser_ = sub.choices[choice.dest]
+        parser_.description = parser_.description or (choice.help or "").replace("%%", "%")
     return parser
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader went away (`skyshift status X | head`): stop writing, exit without a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    Parser.json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
+    if args.encrypt:
+        os.environ["SKYSHIFT_ENCRYPT"] = "1"
     load_stack_env()
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except PlanError as error:
-        print(str(error), file=sys.stderr)
-        return EXIT_INVALID
+        return fail(args, EXIT_INVALID, str(error), prefix="")
     except UsageError as error:
-        print(f"skyshift: {error}", file=sys.stderr)
-        return EXIT_INVALID
+        return fail(args, EXIT_INVALID, str(error))
+    except ValueError as error:  # configuration: a codec key or an OTEL_* variable that cannot work
+        from skyshift.codec import CodecConfigError
+        from skyshift.telemetry import TelemetryConfigError
+
+        if not isinstance(error, CodecConfigError | TelemetryConfigError):
+            raise
+        return fail(args, EXIT_INVALID, str(error))
     except ConnectionError as error:
-        print(f"skyshift: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(args, EXIT_FAILED, str(error))
     except RPCError as error:
         hint = ""
         if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
             hint = " (no worker answered: is `skyshift worker --control` running against this server?)"
         elif error.status == RPCStatusCode.NOT_FOUND:
             hint = " (check the migration id with `skyshift list`)"
-        print(f"skyshift: Temporal: {error.message}{hint}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(args, EXIT_FAILED, f"Temporal: {error.message}{hint}")
     except KeyboardInterrupt:
         return 130
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,19 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
         print(json.dumps(payload, default=str))
     else:
         print(text)
+
+
+def fail(args: argparse.Namespace, code: int, message: str, prefix: str = "skyshift: ") -> int:
+    """Report an error and return its exit code: with `--json`, as the one JSON object on stdout.
+
+    A script that asked for JSON parses stdout; an error it cannot parse would look like success
+    with garbage. Humans get the message on stderr.
+    """
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": code}))
+    else:
+        print(f"{prefix}{message}", file=sys.stderr)
+    return code
 
 
 async def _client() -> Client:

@@ -1,9 +1,15 @@
-"""Human-readable views of a migration for the terminal."""
+"""Human-readable views of a migration for the terminal: the status summary, change lines, sync progress."""
 
 from __future__ import annotations
 
+import sys
+import time
+from typing import TYPE_CHECKING, TextIO
+
 from workflows.state import MigrationState
-from workflows.sync import SyncResult
+
+if TYPE_CHECKING:
+    from workflows.sync import SyncResult
 
 
 def gb(n: float) -> str:
@@ -93,3 +99,69 @@ def changes(state: MigrationState, previous: MigrationState | None) -> list[str]
         v = state.verdicts[-1]
         lines.append(f"           verdict {v.subject}: {v.outcome}: {v.summary}")
     return lines
+
+
+class SyncProgress:
+    """One progress line for a sync: objects, bytes, rate and ETA, redrawn in place on a terminal.
+
+    On a terminal this is a rich progress bar (rich computes the rate and the ETA from the updates);
+    elsewhere (a log file, CI) it prints a plain line only when the numbers moved, at most once per
+    `every` seconds, so a long sync leaves a readable log instead of one line per poll. Feed it the
+    counts from the sync's heartbeat details or its progress query; totals may be unknown (None)
+    while the source is still being listed.
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None, *, every: float = 10.0,
+                 force_terminal: bool | None = None) -> None:  # fmt: skip
+        from rich.console import Console
+
+        self.label, self.every = label, every
+        self.console = Console(file=stream or sys.stderr, force_terminal=force_terminal)
+        self._last_line: tuple | None = None
+        self._last_print = float("-inf")
+        self._progress = None
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[objects]}"),
+                DownloadColumn(binary_units=False),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(label, total=None, objects="")
+            self._progress.start()
+
+    def update(self, *, objects_done: int, objects_total: int | None, bytes_done: int, bytes_total: int | None) -> None:
+        objects = f"{objects_done:,}/{objects_total:,} objects" if objects_total else f"{objects_done:,} objects"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=bytes_done, total=bytes_total, objects=objects)
+            return
+        line = (objects_done, objects_total, bytes_done, bytes_total)
+        now = time.monotonic()
+        if line == self._last_line or now - self._last_print < self.every:
+            return
+        self._last_line, self._last_print = line, now
+        of = f" of {gb(bytes_total)}" if bytes_total else ""
+        self.console.print(f"{self.label}: {objects}, {gb(bytes_done)}{of}", highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __enter__(self) -> SyncProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

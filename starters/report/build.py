@@ -1,0 +1,526 @@
+"""From a migration's record to the report: executive numbers, risk register, verdict table, series.
+
+Each part is a function of what was recorded (`Recorded` from the history, `MigrationState`), so the
+same inputs always give the same report. The tables of what is read are data at the top of each part
+(VERDICT_ACTIVITIES, RISKS): a new kind of verdict or risk is a row, not a new code path.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from activities.metrics import EndpointSnapshot, PrometheusProvider
+from activities.validate import histogram_delta, quantile
+from starters.report.history import Recorded
+from starters.report.model import (
+    CheckRow,
+    Convergence,
+    Curve,
+    Executive,
+    Figure,
+    LatencyWindow,
+    Marker,
+    Report,
+    Risk,
+    Savings,
+    Series,
+    SideEconomics,
+    StateFigures,
+    TimePoint,
+    TrialPoint,
+    VerdictRow,
+)
+from workflows.plan import Environment, MigrationPlan
+from workflows.state import MigrationState
+
+HOURS_PER_MONTH = 730  # 8,760 h / 12: how cloud price sheets annualise an hourly rate
+QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+
+
+def price_per_hour(env: Environment) -> float:
+    """The plan's hourly price of an environment: per GPU-hour x GPUs (per instance-hour without GPUs)."""
+    return env.compute.price_per_gpu_hour * max(env.compute.gpu_count, 1)
+
+
+def figure(values: list[float], unit: str, basis: str, median: float | None = None) -> Figure | None:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    middle = statistics.median(finite) if median is None else median
+    return Figure(median=middle, low=min(finite), high=max(finite), n=len(finite), unit=unit, basis=basis)
+
+
+# -- economics ------------------------------------------------------------------------------------
+
+
+def per_1k_samples(state: MigrationState, side: str, price: float) -> Figure | None:
+    """The POC's cost per 1k training samples: the state's figure, with the spread over benchmark trials."""
+    comparison = state.poc.comparison
+    results = state.poc.source_bench if side == "source" else state.poc.target_bench
+    trials = [t.train_samples_per_s for r in results for t in r.trials]
+    if comparison is None or not trials:
+        return None
+    per_million = (
+        comparison.source_cost_per_million_samples if side == "source" else comparison.target_cost_per_million_samples
+    )
+    per_trial = [price / (rate * 3600) * 1000 if rate > 0 else math.inf for rate in trials]
+    return figure(
+        per_trial,
+        "USD per 1k samples",
+        f"POC benchmark: ${price:,.2f}/h over the median training throughput of {len(trials)} trial(s); "
+        "range over trials",
+        median=per_million / 1000,
+    )
+
+
+def per_epoch(recorded: Recorded, env: Environment, price: float) -> Figure | None:
+    """Cost of one pass of the parallel-run job on this side: its measured wall time x the hourly price."""
+    runs = [a.result for a in recorded.results("train_seeded") if a.result.get("environment") == env.name]
+    if not runs:
+        return None
+    spec = recorded.plan.parallel_run
+    return figure(
+        [r["seconds"] / 3600 * price for r in runs],
+        "USD per epoch",
+        f"epoch = one parallel-run pass ({spec.steps} steps x {spec.batch_size} samples, seed {spec.seed}); "
+        f"its measured wall time x ${price:,.2f}/h; {len(runs)} run(s)",
+    )
+
+
+def windows(recorded: Recorded) -> list[tuple[datetime, float, dict, dict]]:
+    """Judged cutover windows: (when judged, window seconds, judge input, judge result), in order."""
+    scrapes = [a.closed_at for a in recorded.results("scrape_endpoints")]
+    out = []
+    for judged in recorded.results("judge_window"):
+        before = [t for t in scrapes if t <= judged.scheduled_at]
+        seconds = (before[-1] - before[-2]).total_seconds() if len(before) >= 2 else math.nan
+        out.append((judged.closed_at, seconds, judged.input, judged.result))
+    return out
+
+
+def per_1k_inferences(recorded: Recorded, price: float) -> Figure | None:
+    """What serving costs per 1k requests on a side if it carried the whole observed load."""
+    values, rates = [], []
+    for _, seconds, request, _ in windows(recorded):
+        for previous, current in _endpoint_pairs(request):
+            total = sum(
+                getattr(current, side).requests - (getattr(previous, side).requests if previous else 0)
+                for side in ("source", "target")
+            )
+            if total > 0 and seconds > 0 and current.source.ok and current.target.ok:
+                values.append(price * seconds / 3600 / total * 1000)
+                rates.append(total / seconds)
+    if not values:
+        return None
+    return figure(
+        values,
+        "USD per 1k inferences",
+        f"${price:,.2f}/h over the requests both sides served together in each judged window "
+        f"({len(values)} windows, median {statistics.median(rates):,.0f} req/s): this side carrying the whole load",
+    )
+
+
+def _endpoint_pairs(request: dict) -> list[tuple[EndpointSnapshot | None, EndpointSnapshot]]:
+    previous = {p["endpoint"]: EndpointSnapshot.model_validate(p) for p in request.get("previous", [])}
+    return [(previous.get(c["endpoint"]), EndpointSnapshot.model_validate(c)) for c in request.get("current", [])]
+
+
+def double_running_hours(recorded: Recorded, now: datetime) -> tuple[float, str]:
+    """Hours both sides ran: parallel run and cutover (actual), or what the plan schedules if not there yet."""
+    plan = recorded.plan
+    both = ("parallel_run", "shadow", "cutover")
+    start = next((m.at for m in recorded.phases if m.phase in both), None)
+    if start is not None:
+        end = next((m.at for m in recorded.phases if m.at >= start and m.phase not in both), None)
+        if end is not None:
+            return (end - start).total_seconds() / 3600, f"measured: {start:%Y-%m-%d %H:%M} → {end:%H:%M} UTC"
+    planned = sum((s.duration for s in plan.cutover.stages), timedelta()) + plan.soak_period
+    return planned.total_seconds() / 3600, "planned: the cutover stages' durations plus the soak period"
+
+
+def savings(recorded: Recorded, state: MigrationState, now: datetime) -> Savings | None:
+    comparison = state.poc.comparison
+    if comparison is None or comparison.throughput_ratio <= 0:
+        return None
+    plan = recorded.plan
+    source_price, target_price = price_per_hour(plan.source_env), price_per_hour(plan.target_env)
+    monthly = HOURS_PER_MONTH * (source_price - target_price / comparison.throughput_ratio)
+    moved = bool(state.poc.transfers) or state.egress_bytes > 0
+    egress = state.egress_cost_usd if moved or state.assessment is None else state.assessment.egress_cost_usd
+    hours, hours_basis = double_running_hours(recorded, now)
+    double = hours * target_price
+    one_off = egress + double
+    return Savings(
+        monthly_usd=monthly,
+        annual_run_rate_usd=12 * monthly,
+        first_year_net_usd=12 * monthly - one_off,
+        one_off_usd=one_off,
+        egress_usd=egress,
+        double_running_usd=double,
+        double_running_hours=hours,
+        payback_months=one_off / monthly if monthly > 0 else None,
+        assumptions=[
+            f"the same work as today: {HOURS_PER_MONTH} h/month of the source's {plan.source_env.compute.gpu_count}x "
+            f"{plan.source_env.compute.gpu_type} at ${source_price:,.2f}/h",
+            f"the target needs {1 / comparison.throughput_ratio:.2f}x the hours for it (POC throughput ratio "
+            f"{comparison.throughput_ratio:.3f}) at ${target_price:,.2f}/h",
+            f"egress: {'bytes actually sent' if moved else 'projected by the assessment'} at "
+            f"${plan.source_env.egress_per_gb_usd}/GB",
+            f"running both sides: {hours:.2f} h of the target's price ({hours_basis})",
+        ],
+    )
+
+
+# -- verdicts -------------------------------------------------------------------------------------
+
+#: Activities whose results are verdicts, and where the verdict sits in the result.
+VERDICT_ACTIVITIES: dict[str, Callable[[Any], dict]] = {
+    "compare_benchmarks": lambda result: result["verdict"],
+    "compare_training": lambda result: result,
+    "judge_window": lambda result: result["verdict"],
+}
+
+
+def metric_query(plan: MigrationPlan, subject: str) -> str:
+    """The measurement behind a verdict, as an operator could re-run it."""
+    if subject.startswith("cutover:"):
+        provider = plan.workloads.metrics
+        lines = []
+        for endpoint in plan.workloads.endpoints:
+            if isinstance(provider, PrometheusProvider):
+                for side, labels in (("source", endpoint.source_labels), ("target", endpoint.target_labels)):
+                    queries = provider.queries.model_dump()
+                    rendered = "; ".join(f"{name}: {q.format(labels=labels)}" for name, q in queries.items())
+                    lines.append(f"{endpoint.name} {side} @ {provider.url}: {rendered}")
+            else:
+                lines.append(
+                    f"{endpoint.name}: GET {endpoint.source_url}/metrics and {endpoint.target_url}/metrics "
+                    "(skyshift_requests_total, skyshift_request_errors_total, skyshift_request_latency_seconds); "
+                    "the window is the difference of two scrapes"
+                )
+        return "\n".join(lines)
+    if subject == "poc":
+        return "run_benchmark on each environment (median training samples/s over trials); prices from the plan"
+    if subject == "parallel_run":
+        return "train_seeded on each environment's own copy (same seed): loss and gradient norm per step, final tensors"
+    return ""
+
+
+def verdict_rows(recorded: Recorded, state: MigrationState) -> list[VerdictRow]:
+    rows = []
+    for record in recorded.activities:
+        extract = VERDICT_ACTIVITIES.get(record.activity)
+        if extract is None or record.status != "completed":
+            continue
+        verdict = extract(record.result)
+        rows.append(_row(verdict, record.closed_at, recorded.plan))
+    seen = {(r.subject, r.summary) for r in rows}
+    # Verdicts from activities this table does not know yet still reach the report, from the state.
+    for verdict in state.verdicts:
+        if (verdict.subject, verdict.summary) not in seen:
+            rows.append(_row(verdict.model_dump(mode="json"), None, recorded.plan))
+    return rows
+
+
+def _row(verdict: dict, at: datetime | None, plan: MigrationPlan) -> VerdictRow:
+    return VerdictRow(
+        subject=verdict["subject"],
+        outcome=verdict["outcome"],
+        summary=verdict["summary"],
+        at=at,
+        query=metric_query(plan, verdict["subject"]),
+        checks=[CheckRow.model_validate(c) for c in verdict.get("checks", [])],
+    )
+
+
+# -- risks ----------------------------------------------------------------------------------------
+
+
+def risk_egress(recorded: Recorded, state: MigrationState) -> Risk:
+    budget, a = recorded.plan.egress_budget_usd, state.assessment
+    if a is None:
+        return Risk(name="egress exposure", level="unknown", evidence="not assessed yet", source="assessment")
+    spent = state.egress_cost_usd
+    worst = max(a.egress_cost_usd, spent)
+    level = "high" if worst > budget else "medium" if worst > budget / 2 else "low"
+    return Risk(
+        name="egress exposure",
+        level=level,
+        evidence=f"projected ${a.egress_cost_usd:,.4f} for {a.total_bytes / 1e9:,.3f} GB at "
+        f"${recorded.plan.source_env.egress_per_gb_usd}/GB; sent so far {state.egress_bytes / 1e9:,.3f} GB "
+        f"(${spent:,.4f}); budget ${budget:,.2f}",
+        source="assessment.egress_cost_usd, state.egress_bytes / egress_cost_usd, plan.egress_budget_usd",
+    )
+
+
+def risk_residency(recorded: Recorded, state: MigrationState) -> Risk:
+    a = state.assessment
+    if a is None:
+        return Risk(name="data residency", level="unknown", evidence="not assessed yet", source="assessment")
+    return Risk(name="data residency", level="low" if a.residency_ok else "high", evidence=a.residency_detail,
+                source="assessment.residency_ok")  # fmt: skip
+
+
+def risk_compatibility(recorded: Recorded, state: MigrationState) -> Risk:
+    sides = {"source": state.poc.source_bench, "target": state.poc.target_bench}
+    if not all(sides.values()):
+        return Risk(name="driver and runtime compatibility", level="unknown", evidence="no benchmark ran on both sides",
+                    source="poc.source_bench / target_bench")  # fmt: skip
+    facts = {
+        side: {
+            "device": f"{r[0].device} ({r[0].device_name})",
+            "torch": r[0].torch_version,
+            "driver": r[0].telemetry.driver if r[0].telemetry else "n/a",
+        }
+        for side, r in sides.items()
+    }
+    differs = [key for key in ("torch", "driver") if facts["source"][key] != facts["target"][key]]
+    fits = state.assessment.gpu_fit if state.assessment else []
+    no_fit = [f.checkpoint for f in fits if f.fits_serving is False or f.fits_training is False]
+    warnings = state.assessment.warnings if state.assessment else []
+    level = "high" if no_fit else "medium" if differs or warnings else "low"
+    evidence = "; ".join(f"{s}: {v['device']}, torch {v['torch']}, driver {v['driver']}" for s, v in facts.items())
+    if differs:
+        evidence += f"; differs: {', '.join(differs)}"
+    if no_fit:
+        evidence += f"; does not fit the target's GPUs: {', '.join(no_fit)}"
+    evidence += "".join(f"; {w}" for w in warnings)
+    return Risk(name="driver and runtime compatibility", level=level, evidence=evidence,
+                source="poc benchmarks (environment fingerprint), assessment.gpu_fit / warnings")  # fmt: skip
+
+
+def risk_numerics(recorded: Recorded, state: MigrationState) -> Risk:
+    verdict = state.parallel_run
+    if verdict is None:
+        return Risk(name="numerical parity", level="unknown", evidence="no parallel run yet", source="parallel_run")
+    level = {"pass": "low", "fail": "high"}.get(verdict.outcome, "medium")
+    evidence = "; ".join(c.detail for c in verdict.checks if c.detail) or verdict.summary
+    return Risk(name="numerical parity", level=level, evidence=f"{verdict.outcome}: {evidence}", source="parallel_run")
+
+
+def risk_performance(recorded: Recorded, state: MigrationState) -> Risk:
+    rows = [r for r in verdict_rows(recorded, state) if r.subject.startswith("cutover:")]
+    checks = [c for r in rows for c in r.checks if "latency" in c.metric and c.observed is not None]
+    if not checks:
+        return Risk(name="latency regression", level="unknown", evidence="no cutover window judged",
+                    source="cutover verdicts")  # fmt: skip
+    worst = max(checks, key=lambda c: c.observed / c.threshold if c.threshold else c.observed)
+    failed = [r.subject for r in rows if any(c.outcome == "fail" and "latency" in c.metric for c in r.checks)]
+    ratio = worst.observed / worst.threshold if worst.threshold else 0
+    level = "high" if failed else "medium" if ratio > 0.5 else "low"
+    evidence = f"worst {worst.metric}: {worst.observed:+.1f}% vs allowed +{worst.threshold}% ({worst.detail})"
+    if failed:
+        evidence += f"; failed in {', '.join(dict.fromkeys(failed))}"
+    return Risk(name="latency regression", level=level, evidence=f"{len(rows)} windows; {evidence}",
+                source="cutover verdicts (latency, latency_tail checks)")  # fmt: skip
+
+
+def risk_availability(recorded: Recorded, state: MigrationState) -> Risk:
+    rows = [r for r in verdict_rows(recorded, state) if r.subject.startswith("cutover:")]
+    if not rows:
+        return Risk(name="availability", level="unknown", evidence="no cutover window judged",
+                    source="cutover verdicts")  # fmt: skip
+    errors = [c for r in rows for c in r.checks if c.metric.endswith("error_rate") and c.target is not None]
+    worst = max((c.target for c in errors), default=0.0)
+    unreadable = sum(r.outcome == "error" for r in rows)
+    failed = sum(any(c.metric.endswith("error_rate") and c.outcome == "fail" for c in r.checks) for r in rows)
+    level = "high" if failed else "medium" if unreadable else "low"
+    return Risk(
+        name="availability",
+        level=level,
+        evidence=f"target error rate at most {worst:.2f}% over {len(rows)} windows; {unreadable} window(s) "
+        f"unreadable; {failed} failed on errors",
+        source="cutover verdicts (error_rate checks, in %), windows judged 'error'",
+    )
+
+
+def risk_reversibility(recorded: Recorded, state: MigrationState) -> Risk:
+    pending = len(state.saga.pending)
+    failed = len(getattr(state.saga, "failed", []) or [])
+    if failed:
+        level, evidence = "high", f"{failed} compensation(s) failed permanently and wait for an operator"
+    elif state.saga.completed and not pending:
+        level, evidence = (
+            "low",
+            f"rolled back: {len(state.saga.completed)} compensation(s) ran: " + "; ".join(state.saga.completed),
+        )
+    elif state.point_of_no_return:
+        level, evidence = "medium", "past the point of no return: the source was released; rollback is not possible"
+    else:
+        level, evidence = "low", f"{pending} undo step(s) registered; rollback possible"
+    return Risk(name="reversibility", level=level, evidence=evidence, source="saga, point_of_no_return")
+
+
+#: The risk register, in the order an executive reads it.
+RISKS: tuple[Callable[[Recorded, MigrationState], Risk], ...] = (
+    risk_egress,
+    risk_compatibility,
+    risk_availability,
+    risk_performance,
+    risk_numerics,
+    risk_residency,
+    risk_reversibility,
+)
+
+
+# -- series ---------------------------------------------------------------------------------------
+
+
+def series(recorded: Recorded, state: MigrationState) -> Series:
+    plan = recorded.plan
+    out = Series()
+    arms = {plan.source: "source", plan.target: "target"}
+    for run in recorded.results("train_seeded"):
+        env = run.result.get("environment", "")
+        out.loss_curves.append(Curve(arm=arms.get(env, env), environment=env, values=run.result.get("losses", [])))
+    for side, results in (("source", state.poc.source_bench), ("target", state.poc.target_bench)):
+        for result in results:
+            for i, trial in enumerate(result.trials):
+                out.throughput_trials.append(TrialPoint(side=side, environment=result.environment, trial=i + 1,
+                                                        samples_per_s=trial.train_samples_per_s,
+                                                        matmul_tflops=trial.matmul_tflops))  # fmt: skip
+    for index, (at, _, request, result) in enumerate(windows(recorded)):
+        for previous, current in _endpoint_pairs(request):
+            sides = {}
+            for side in ("source", "target"):
+                now, before = getattr(current, side), getattr(previous, side) if previous else None
+                delta = histogram_delta(before.latency if before else None, now.latency) if now.latency else None
+                count = delta.count if delta else 0
+                sides[side] = (
+                    {name: quantile(delta, q) * 1000 for name, q in QUANTILES.items()} if count > 0 else {},
+                    now.requests - (before.requests if before else 0),
+                )
+            window = LatencyWindow(index=index + 1, stage=request.get("stage", ""), endpoint=current.endpoint, at=at,
+                                   outcome=result["verdict"]["outcome"], source_ms=sides["source"][0],
+                                   target_ms=sides["target"][0], source_requests=sides["source"][1],
+                                   target_requests=sides["target"][1])  # fmt: skip
+            out.latency_windows.append(window)
+    out.traffic.append(TimePoint(at=recorded.started_at, value=0, label="start"))
+    for route in recorded.results("route_traffic"):
+        out.traffic.append(TimePoint(at=route.closed_at, value=route.input["target_percent"],
+                                     label=route.input.get("reason", "")))  # fmt: skip
+    sent, dollars = 0, 0.0
+    out.egress_bytes.append(TimePoint(at=recorded.started_at, value=0))
+    out.egress_usd.append(TimePoint(at=recorded.started_at, value=0))
+    for child in recorded.children:
+        if isinstance(child.result, dict) and "egress_bytes" in child.result:
+            sent += child.result["egress_bytes"]
+            dollars += child.result.get("egress_cost_usd", 0.0)
+            label = child.result.get("path", "")
+            out.egress_bytes.append(TimePoint(at=child.closed_at, value=sent, label=label))
+            out.egress_usd.append(TimePoint(at=child.closed_at, value=dollars, label=label))
+    for entry in state.audit:
+        kind = {"awaiting_approval": "gate", "approved": "approval", "rollback_requested": "rollback"}.get(entry.action)
+        if kind:
+            out.markers.append(Marker(at=entry.at, kind=kind, label=f"{entry.actor}: {entry.detail}"[:160]))
+    return out
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def headline(state: MigrationState, savings_: Savings | None) -> tuple[str, str | None]:
+    outcome = state.outcome or "running"
+    if outcome == "completed":
+        if savings_ is not None:
+            return (f"Completed. Projected saving ${savings_.monthly_usd:,.0f}/month "
+                    f"(${savings_.annual_run_rate_usd:,.0f}/year) for the same work.", None)  # fmt: skip
+        return "Completed.", None
+    if outcome == "running":
+        return f"In progress: {state.phase}" + (f", stage {state.stage}" if state.stage else "") + ".", None
+    reason = state.outcome_reason or "no reason recorded"
+    where = getattr(state, "ended_in", None) or (f"stage {state.stage}" if state.stage else None)
+    title = outcome.replace("_", " ").capitalize() + (f" during {where}" if where else "")
+    first = reason.split("; ")[0]
+    if state.stage and first.startswith(f"{state.stage}: "):
+        first = first.removeprefix(f"{state.stage}: ")
+    return f"{title}: {first}", reason
+
+
+def build_report(recorded: Recorded, state: MigrationState, now: datetime | None = None) -> Report:
+    now = now or datetime.now(UTC)
+    plan = recorded.plan
+    prices = {"source": price_per_hour(plan.source_env), "target": price_per_hour(plan.target_env)}
+    sides = {}
+    for side, env in (("source", plan.source_env), ("target", plan.target_env)):
+        sides[side] = SideEconomics(
+            environment=env.name,
+            price_per_hour_usd=prices[side],
+            per_1k_samples=per_1k_samples(state, side, prices[side]),
+            per_epoch=per_epoch(recorded, env, prices[side]),
+            per_1k_inferences=per_1k_inferences(recorded, prices[side]),
+        )
+    saved = savings(recorded, state, now)
+    text, why = headline(state, saved)
+    comparison = state.poc.comparison
+    data = series(recorded, state)
+    verdicts = verdict_rows(recorded, state)
+    executive = Executive(
+        outcome=state.outcome or "running",
+        headline=text,
+        why=why,
+        source=sides["source"],
+        target=sides["target"],
+        savings=saved,
+        convergence=convergence(state),
+        risks=[risk(recorded, state) for risk in RISKS],
+    )
+    present = {
+        "executive": True,
+        "why": why is not None,
+        "economics": any(getattr(sides["source"], f) for f in ("per_1k_samples", "per_epoch", "per_1k_inferences")),
+        "savings": saved is not None,
+        "convergence": bool(executive.convergence),
+        "risks": True,
+        "loss_curves": bool(data.loss_curves),
+        "throughput": bool(data.throughput_trials),
+        "latency": bool(data.latency_windows),
+        "traffic": len(data.traffic) > 1,
+        "egress": len(data.egress_bytes) > 1,
+        "verdicts": bool(verdicts),
+        "audit": bool(state.audit),
+    }
+    return Report(
+        generated_at=now,
+        migration_id=state.migration_id,
+        plan_name=plan.name,
+        source=plan.source,
+        target=plan.target,
+        workflow_status=recorded.status,
+        started_at=recorded.started_at,
+        closed_at=recorded.closed_at,
+        executive=executive,
+        state=StateFigures(
+            phase=state.phase,
+            stage=state.stage,
+            traffic_percent=state.traffic_percent,
+            egress_bytes=state.egress_bytes,
+            egress_cost_usd=state.egress_cost_usd,
+            outcome=state.outcome,
+            outcome_reason=state.outcome_reason,
+            source_cost_per_million_samples=comparison.source_cost_per_million_samples if comparison else None,
+            target_cost_per_million_samples=comparison.target_cost_per_million_samples if comparison else None,
+            throughput_ratio=comparison.throughput_ratio if comparison else None,
+            projected_egress_usd=state.assessment.egress_cost_usd if state.assessment else None,
+        ),
+        series=data,
+        verdicts=verdicts,
+        audit=state.audit,
+        sections=[name for name, shown in present.items() if shown],
+    )
+
+
+def convergence(state: MigrationState) -> list[Convergence]:
+    """Time to convergence per arm, when the migration's jobs report it (`state.jobs[*].convergence_s`)."""
+    out = []
+    for job in getattr(state, "jobs", None) or []:
+        for arm in getattr(job, "arms", None) or []:
+            seconds = getattr(arm, "convergence_s", None)
+            if seconds is not None:
+                out.append(Convergence(arm=f"{getattr(job, 'name', 'job')}: {getattr(arm, 'name', '?')}",
+                                       seconds=seconds, detail=getattr(arm, "convergence_detail", "")))  # fmt: skip
+    return out
