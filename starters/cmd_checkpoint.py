@@ -118,6 +118,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.outcome == "different" else EXIT_OK
 
 
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from activities.checkpoints.kms import KeyRef, KmsError
+    from activities.checkpoints.sealed import OpenSealedInput, SealedError, TamperedError, open_repository
+    from activities.stores import StoreError
+
+    spec, path = _location("SEALED_URL", args.sealed_url)
+    destination, destination_path = _location("DEST_URL", args.dest_url)
+    if spec.url.startswith("file://") and path:  # a local directory given as a file: the repository is beside it
+        raise UsageError(f"SEALED_URL {args.sealed_url!r}: name the directory that holds sealed/, not a file")
+    try:
+        key = KeyRef(kms_key=args.kms_key) if args.kms_key else None
+    except ValidationError as error:
+        raise UsageError(f"--kms-key: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    request = OpenSealedInput(store=spec, sealed_path=path, destination=destination,
+                              destination_path=destination_path, key=key)  # fmt: skip
+    try:
+        result = open_repository(request)
+    except TamperedError as error:
+        return _report_failure(args, f"refused: {error}")
+    except (SealedError, KmsError) as error:
+        if isinstance(error, KmsError) and not error.permanent:
+            return _report_failure(args, str(error))
+        raise UsageError(str(error)) from None
+    except StoreError as error:
+        return _report_failure(args, str(error))
+    text = (f"{result.files} file(s), {result.bytes_written / 1e6:,.1f} MB decrypted into {result.destination}; "
+            f"{result.chunks_verified} chunks authenticated before decryption")  # fmt: skip
+    emit(args, result.model_dump(mode="json"), text)
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from activities.checkpoints.kms import create_key_file
+
+    try:
+        ref = create_key_file(Path(args.file))
+    except FileExistsError:
+        raise UsageError(
+            f"{args.file}: exists; a key file is never overwritten (data sealed under it would be lost)"
+        ) from None
+    emit(args, {"kms_key": ref.kms_key}, f"created key file {args.file}: use `kms_key: {ref.kms_key}` in the plan")
+    return EXIT_OK
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     checkpoint = sub.add_parser("checkpoint", help="inspect and compare checkpoints safely; open sealed checkpoints")
     commands = checkpoint.add_subparsers(dest="checkpoint_command", required=True, metavar="COMMAND")
@@ -137,3 +181,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance (default 1e-8)")
     compare.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     compare.add_argument("--limit", type=int, default=20, help="tensors listed in the text output")
+
+    decrypt = commands.add_parser(
+        "decrypt", help="verify and decrypt a sealed checkpoint (keys from KMS or a key file)"
+    )
+    decrypt.set_defaults(handler=cmd_decrypt)
+    decrypt.add_argument("sealed_url", metavar="SEALED_URL", help="the checkpoint's target path, holding sealed/")
+    decrypt.add_argument("dest_url", metavar="DEST_URL", help="where the plaintext files go")
+    decrypt.add_argument("--kms-key", help="key id to use (default: the one the repository records)")
+    decrypt.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    keygen = commands.add_parser("keygen", help="create a local key file for sealed checkpoints (embedded stack)")
+    keygen.set_defaults(handler=cmd_keygen)
+    keygen.add_argument("file", metavar="FILE")
+    keygen.add_argument("--json", action="store_true", help="print one JSON object on stdout")
