@@ -106,12 +106,16 @@ def configure_tracing(default_service: str = "skyshift"):
 
 
 def client_plugins(default_service: str = "skyshift") -> list:
-    """The Temporal client plugins for tracing: `[OpenTelemetryPlugin()]` when tracing is configured."""
+    """The Temporal client plugins for tracing: the OpenTelemetry plugin when tracing is configured.
+
+    `add_temporal_spans=True`: a span per workflow run, activity execution, signal, query and update
+    (`RunActivity:apply_range`, ...), not only the spans code opens itself.
+    """
     if configure_tracing(default_service) is None:
         return []
     from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
-    return [OpenTelemetryPlugin()]
+    return [OpenTelemetryPlugin(add_temporal_spans=True)]
 
 
 def prometheus_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
