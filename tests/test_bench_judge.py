@@ -158,10 +158,11 @@ def figure(name: str, kind: str, unit: str, median: float, *, dtype=None, size=N
 
 
 def result(env: str, device_name: str, figures: list[Measurement], fp: EnvironmentFingerprint | None = None,
-           sustained: SustainedResult | None = None) -> BenchResult:  # fmt: skip
+           sustained: SustainedResult | None = None, whole_run: tuple[TelemetrySummary, ...] = ()
+           ) -> BenchResult:  # fmt: skip
     train = next((f.median for f in figures if f.name == "train_mlp"), 1000.0)
     suite = SuiteResult(device="cuda", device_name=device_name, trials=3, seconds_per_test=0.5, seed=0,
-                        measurements=figures, sustained=sustained)  # fmt: skip
+                        measurements=figures, sustained=sustained, telemetry=list(whole_run))  # fmt: skip
     return BenchResult(environment=env, device="cuda", device_name=device_name, dtype="bfloat16",
                        torch_version="2.4.1", trials=[], median_matmul_tflops=1.0, median_train_samples_per_s=train,
                        telemetry=None, telemetry_note="NVML", suite=suite, fingerprint=fp)  # fmt: skip
@@ -209,15 +210,18 @@ def test_figures_are_held_to_the_plans_tolerances():
 
 def test_throttling_and_memory_errors_on_the_target_fail_the_poc():
     hot = TelemetrySummary(gpu=0, samples=600, clock_event_reasons=["sw_power_cap", "hw_thermal_slowdown"],
-                           throttled_fraction=0.7, ecc_uncorrected_delta=2)  # fmt: skip
+                           throttled_fraction=0.7, ecc_uncorrected_delta=0)  # fmt: skip
+    # The errors rose between tests: only the whole run's summary saw them.
+    run = TelemetrySummary(gpu=0, samples=900, ecc_uncorrected_delta=2, remapping_pending=True)
     sustained = SustainedResult(dtype="bf16", matrix_size=8192, seconds=60, window_s=2, windows=[700, 600, 520],
                                 burst=700, sustained=520, drop_pct=25.714)  # fmt: skip
     figures = [figure("sustained_bf16_8192", "sustained", "TFLOP/s", 600, dtype="bf16", size=8192, telemetry=[hot])]
     source = result("a", "NVIDIA H100 80GB HBM3", figures)
-    target = result("b", "NVIDIA H100 80GB HBM3", figures, sustained=sustained)
+    target = result("b", "NVIDIA H100 80GB HBM3", figures, sustained=sustained, whole_run=(run,))
     checks = {c.metric: c for c in judge_bench(JudgeBenchInput(source=[source], target=[target])).verdict.checks}
     assert checks["sustained_drop"].outcome == "fail" and "hw_thermal_slowdown" in checks["sustained_drop"].detail
     assert checks["gpu_health.ecc_uncorrected"].outcome == "fail" and checks["gpu_health.ecc_uncorrected"].observed == 2
+    assert checks["gpu_health.row_remap_gpus"].outcome == "fail" and "[0]" in checks["gpu_health.row_remap_gpus"].detail
 
 
 def test_compatibility_is_part_of_the_verdict_and_warnings_are_named():

@@ -162,7 +162,8 @@ def _health(suite: SuiteResult, figures: dict[str, Measurement]) -> list[Analysi
             detail=f"target {s.dtype} {s.matrix_size}: burst {s.burst:.4g} -> sustained {s.sustained:.4g} TFLOP/s "
             f"over {s.seconds:g} s" + (f"; clock events seen: {', '.join(reasons)}" if reasons else ""),
         ))  # fmt: skip
-    summaries = [t for m in figures.values() for t in m.telemetry]
+    # The whole run's summaries see counters that rose between tests; per-test ones are what older results have.
+    summaries = suite.telemetry or [t for m in figures.values() for t in m.telemetry]
     if summaries:
         errors = sum(t.ecc_uncorrected_delta or 0 for t in summaries)
         remap = sorted({t.gpu for t in summaries if t.remapping_failed or t.remapping_pending})

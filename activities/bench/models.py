@@ -211,6 +211,9 @@ class SuiteResult(BaseModel):
     topology: Topology | None = None
     skipped: list[Skipped] = Field(default_factory=list)
     telemetry_note: str = ""
+    telemetry: list[TelemetrySummary] = Field(
+        default_factory=list, description="Each GPU over the whole run: error counters and throttling between tests too"
+    )
     telemetry_series_url: str | None = Field(None, description="Where the raw NVML series was written, if anywhere")
 
     def get(self, name: str) -> Measurement | None:

@@ -37,7 +37,7 @@ from activities.bench.models import (
     SuiteResult,
     SustainedResult,
 )
-from activities.bench.telemetry import TelemetrySampler, store_series
+from activities.bench.telemetry import TelemetrySampler, store_series, summarize
 from activities.bench.topology import read_topology
 
 if TYPE_CHECKING:
@@ -452,8 +452,9 @@ def run_suite(request: BenchInput, progress: Callable[[BenchProgress], None] = l
             if cuda:
                 torch.cuda.empty_cache()
         progress(BenchProgress(test="done", done=len(tests), total=len(tests)))
-        note = sampler.note if sampler else CPU_NOTE
-        samples = list(sampler.samples) if sampler else []
+    note = sampler.note if sampler else CPU_NOTE
+    samples = list(sampler.samples) if sampler else []
+    whole_run = [summarize(samples, gpu) for gpu in sampler.gpus] if sampler else []
 
     topology = None
     if cuda:
@@ -477,6 +478,7 @@ def run_suite(request: BenchInput, progress: Callable[[BenchProgress], None] = l
         topology=topology,
         skipped=skipped,
         telemetry_note=note,
+        telemetry=whole_run,
         telemetry_series_url=series_url,
     )
 

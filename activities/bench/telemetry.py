@@ -106,7 +106,11 @@ def _read(call: Callable[[], Any]) -> Any:
         return None
 
 
-def read_sample(handle: Any, gpu: int, t: float) -> TelemetrySample:
+#: Error counters, remapped rows and the NVLink states (36 queries) change rarely: read them every Nth sample only.
+SLOW_FIELDS_EVERY = 10
+
+
+def read_sample(handle: Any, gpu: int, t: float, slow_fields: bool = True) -> TelemetrySample:
     import pynvml
 
     utilization = _read(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))
@@ -115,17 +119,7 @@ def read_sample(handle: Any, gpu: int, t: float) -> TelemetrySample:
     reasons = _read(lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle))
     if reasons is None:  # drivers before r535 only have the older name for the same bitmask
         reasons = _read(lambda: pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle))
-    remapped = _read(lambda: pynvml.nvmlDeviceGetRemappedRows(handle))
-    retired = _read(
-        lambda: pynvml.nvmlDeviceGetRetiredPages(handle, pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
-    )
-    retired_pending = _read(lambda: pynvml.nvmlDeviceGetRetiredPagesPendingStatus(handle))
-    link_states = [
-        state
-        for link in range(pynvml.NVML_NVLINK_MAX_LINKS)
-        if (state := _read(lambda link=link: pynvml.nvmlDeviceGetNvLinkState(handle, link))) is not None
-    ]
-    return TelemetrySample(
+    sample = TelemetrySample(
         t=round(t, 4),
         gpu=gpu,
         utilization_pct=utilization.gpu if utilization else None,
@@ -136,24 +130,40 @@ def read_sample(handle: Any, gpu: int, t: float) -> TelemetrySample:
         memory_clock_mhz=_read(lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM)),
         clock_event_reasons=reasons,
         temperature_c=_read(lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)),
-        ecc_corrected=_read(
-            lambda: pynvml.nvmlDeviceGetTotalEccErrors(
-                handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
-            )
-        ),
-        ecc_uncorrected=_read(
-            lambda: pynvml.nvmlDeviceGetTotalEccErrors(
-                handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC
-            )
-        ),
-        remapped_rows_correctable=remapped[0] if remapped else None,
-        remapped_rows_uncorrectable=remapped[1] if remapped else None,
-        remapping_pending=bool(remapped[2]) if remapped else None,
-        remapping_failed=bool(remapped[3]) if remapped else None,
-        retired_pages=len(retired) if retired is not None else None,
-        retired_pages_pending=bool(retired_pending) if retired_pending is not None else None,
-        nvlink_active=sum(1 for s in link_states if s == pynvml.NVML_FEATURE_ENABLED) if link_states else None,
-        nvlink_links=len(link_states) or None,
+    )
+    if not slow_fields:
+        return sample
+    remapped = _read(lambda: pynvml.nvmlDeviceGetRemappedRows(handle))
+    retired = _read(
+        lambda: pynvml.nvmlDeviceGetRetiredPages(handle, pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
+    )
+    retired_pending = _read(lambda: pynvml.nvmlDeviceGetRetiredPagesPendingStatus(handle))
+    link_states = [
+        state
+        for link in range(pynvml.NVML_NVLINK_MAX_LINKS)
+        if (state := _read(lambda link=link: pynvml.nvmlDeviceGetNvLinkState(handle, link))) is not None
+    ]
+    return sample.model_copy(
+        update=dict(
+            ecc_corrected=_read(
+                lambda: pynvml.nvmlDeviceGetTotalEccErrors(
+                    handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
+                )
+            ),
+            ecc_uncorrected=_read(
+                lambda: pynvml.nvmlDeviceGetTotalEccErrors(
+                    handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC
+                )
+            ),
+            remapped_rows_correctable=remapped[0] if remapped else None,
+            remapped_rows_uncorrectable=remapped[1] if remapped else None,
+            remapping_pending=bool(remapped[2]) if remapped else None,
+            remapping_failed=bool(remapped[3]) if remapped else None,
+            retired_pages=len(retired) if retired is not None else None,
+            retired_pages_pending=bool(retired_pending) if retired_pending is not None else None,
+            nvlink_active=sum(1 for s in link_states if s == pynvml.NVML_FEATURE_ENABLED) if link_states else None,
+            nvlink_links=len(link_states) or None,
+        )
     )
 
 
@@ -195,9 +205,12 @@ class TelemetrySampler:
         return self
 
     def _run(self, handles: list[tuple[int, Any]]) -> None:
+        count = 0
         while True:
             t = self.mark()
-            batch = [read_sample(handle, gpu, t) for gpu, handle in handles]
+            slow = count % SLOW_FIELDS_EVERY == 0
+            batch = [read_sample(handle, gpu, t, slow) for gpu, handle in handles]
+            count += 1
             with self._lock:
                 self.samples.extend(batch)
             if self._stop.wait(self.interval):
@@ -224,6 +237,12 @@ class TelemetrySampler:
             return
         self._stop.set()
         self._thread.join()
+        # One last full reading, so error counters that rose during the final test are seen.
+        import pynvml
+
+        t = self.mark()
+        with self._lock:
+            self.samples.extend(read_sample(pynvml.nvmlDeviceGetHandleByIndex(g), g, t) for g in self.gpus)
         import pynvml
 
         pynvml.nvmlShutdown()
