@@ -1,0 +1,413 @@
+"""The parallel run's comparison: target vs source, against the floor of source vs source again.
+
+GPUs are not bit-deterministic, so "different" alone means nothing: like Diffy, every difference
+between the target and the source is held against the difference between two runs of the source
+(the noise floor), per metric series, per output tensor and for throughput. What is measured here
+is judged by the one judge (`activities.analysis.judge`) under rules that are data
+(`JobTolerances.rules` first, then `default_rules`).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from temporalio import activity
+
+from activities.analysis import AnalysisRule, Check, Measurement, Verdict, judge, limit_for, rule_for, verdict
+from activities.jobs.files import download_artifact, read_artifact
+from activities.jobs.run import JobResult
+from activities.jobs.series import Record, load_series
+from activities.jobs.spec import JobTolerances
+
+ARMS = ("source", "source_repeat", "target")
+_SEVERITY = {"pass": 0, "inconclusive": 1, "error": 2, "fail": 3}
+
+
+class CompareJobArmsInput(BaseModel):
+    job: str
+    source: JobResult
+    source_repeat: JobResult
+    target: JobResult
+    tolerances: JobTolerances = Field(default_factory=JobTolerances)
+
+
+class ArmRow(BaseModel):
+    arm: str
+    environment: str
+    status: str
+    detail: str
+    steps: int
+    last_loss: float | None = None
+    steady_per_s: float | None = None
+    unit: str = "samples"
+    device: str = "cpu"
+    code_root: str = ""
+
+
+class MetricRow(BaseModel):
+    metric: str
+    steps: int = Field(description="Steps all three arms logged")
+    divergence: float | None = Field(None, description="Largest relative target-vs-source difference (None: inf)")
+    divergence_step: int | None = None
+    floor: float | None = Field(None, description="Largest relative source-vs-source difference")
+    limit: float | None = None
+    first_diverging_step: int | None = Field(None, description="First step where the target went beyond the limit")
+    outcome: str = "pass"
+
+
+class ThroughputRow(BaseModel):
+    unit: str
+    source: float | None
+    source_repeat: float | None
+    target: float | None
+    slowdown: float | None = Field(None, description="(source - target) / source")
+    spread: float | None = Field(None, description="|source again - source| / source")
+    limit: float | None = None
+    outcome: str = "pass"
+
+
+class TensorRow(BaseModel):
+    name: str
+    status: str = Field(description="compare_tensors' status, target vs source")
+    max_abs: float | None = None
+    max_rel: float | None = None
+    floor_max_abs: float | None = Field(None, description="The same, source vs source again")
+    floor_status: str = ""
+    limit: float | None = None
+    outcome: str = "pass"
+
+
+class JobComparison(BaseModel):
+    """The verdict and the compact table the state and the report show."""
+
+    job: str
+    verdict: Verdict
+    first_diverging_step: int | None = None
+    top_tensors: list[str] = Field(default_factory=list, description="Tensors beyond the limit, worst first")
+    arms: list[ArmRow] = Field(default_factory=list)
+    metrics: list[MetricRow] = Field(default_factory=list)
+    throughput: ThroughputRow | None = None
+    tensors: list[TensorRow] = Field(default_factory=list, description="The top rows, worst first")
+    tensor_counts: dict[str, int] = Field(default_factory=dict, description="Tensors per status, target vs source")
+
+
+def default_rules(tolerances: JobTolerances) -> list[AnalysisRule]:
+    """The parallel run's analysis template, after the plan's own `rules`."""
+    t = tolerances
+    return [
+        AnalysisRule(metric="arm:*", compare="at_most", threshold=0),
+        AnalysisRule(metric="code", compare="at_most", threshold=0),
+        AnalysisRule(metric="missing_steps", compare="at_most", threshold=0, unit=" steps"),
+        AnalysisRule(metric="missing:*", compare="at_most", threshold=0),
+        AnalysisRule(metric="bytes:*", compare="at_most", threshold=0, dry_run=True),
+        AnalysisRule(metric="throughput", compare="within_floor", threshold=t.throughput_tolerance),
+        AnalysisRule(
+            metric="tensor:*", compare="within_floor", threshold=1.0, floor_margin=t.floor_margin, unit=" tol"
+        ),
+        AnalysisRule(metric="*", compare="within_floor", threshold=t.metric_tolerance, floor_margin=t.floor_margin),
+    ]
+
+
+def relative_divergence(source: float, other: float) -> float:
+    """|other - source| relative to the source's magnitude; NaN on one side only is infinitely far."""
+    if math.isnan(source) or math.isnan(other):
+        return 0.0 if math.isnan(source) and math.isnan(other) else math.inf
+    if source == other:
+        return 0.0
+    return abs(other - source) / max(abs(source), 1e-12)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _series(records: list[Record]) -> dict[int, Record]:
+    return {int(r["step"]): r for r in records}
+
+
+def _metric_names(records: list[Record], ignore: Sequence[str]) -> list[str]:
+    import fnmatch
+
+    names = dict.fromkeys(k for r in records for k in r if k != "step")
+    return [n for n in names if not any(fnmatch.fnmatchcase(n, pattern) for pattern in ignore)]
+
+
+def measure_series(
+    source: list[Record], repeat: list[Record], target: list[Record], tolerances: JobTolerances, rules
+) -> tuple[list[Measurement], list[MetricRow]]:
+    s, r, t = _series(source), _series(repeat), _series(target)
+    missing = sorted(set(s) - set(t))
+    measurements = [
+        Measurement(
+            metric="missing_steps", observed=len(missing), source=len(s), target=len(t),
+            floor=len(set(s) - set(r)),
+            detail=f"target logged {len(t)} steps, source {len(s)}"
+            + (f"; first missing: step {missing[0]}" if missing else ""),
+        )
+    ]  # fmt: skip
+    steps = sorted(set(s) & set(r) & set(t))
+    rows = []
+    for name in _metric_names(source, tolerances.ignore_metrics):
+        pairs = [(step, s[step].get(name), r[step].get(name), t[step].get(name)) for step in steps]
+        pairs = [p for p in pairs if p[1] is not None]
+        if not pairs:
+            continue
+        if any(p[3] is None for p in pairs):
+            gap = next(p[0] for p in pairs if p[3] is None)
+            measurements.append(Measurement(metric=name, observed=math.inf, step=gap,
+                                            detail=f"the target did not log {name} at step {gap}"))  # fmt: skip
+            rows.append(MetricRow(metric=name, steps=len(pairs), first_diverging_step=gap, outcome="fail"))
+            continue
+        target_div = [(relative_divergence(sv, tv), step) for step, sv, _, tv in pairs]
+        floor_div = [(relative_divergence(sv, rv), step) for step, sv, rv, _ in pairs if rv is not None]
+        worst, worst_step = max(target_div)
+        floor, floor_step = max(floor_div, default=(0.0, None))
+        rule = rule_for(name, rules)
+        limit = limit_for(rule, floor) if rule else math.inf
+        first = next((step for div, step in target_div if div > limit), None)
+        _, last_source, _, last_target = pairs[-1]
+        where = f"; first beyond the limit at step {first}" if first is not None else ""
+        measurements.append(
+            Measurement(
+                metric=name, observed=worst, source=last_source, target=last_target, floor=floor, step=first,
+                detail=f"largest relative difference {worst:.3g} at step {worst_step} over {len(pairs)} steps, source "
+                f"vs source again {floor:.3g}" + (f" at step {floor_step}" if floor_step is not None else "") + where,
+            )
+        )  # fmt: skip
+        rows.append(
+            MetricRow(
+                metric=name, steps=len(pairs), divergence=_finite(worst), divergence_step=worst_step,
+                floor=_finite(floor), limit=_finite(limit), first_diverging_step=first,
+            )
+        )  # fmt: skip
+    return measurements, rows
+
+
+def measure_throughput(arms: dict[str, JobResult]) -> tuple[Measurement, ThroughputRow]:
+    rates = {name: arm.timing.steady_per_s for name, arm in arms.items()}
+    unit = arms["source"].timing.unit
+    source, repeat, target = rates["source"], rates["source_repeat"], rates["target"]
+    if not source or target is None or repeat is None or arms["target"].timing.unit != unit:
+        detail = "too few steps (or different units) to measure steady-state throughput on every arm"
+        row = ThroughputRow(unit=unit, source=source, source_repeat=repeat, target=target, outcome="inconclusive")
+        return Measurement(metric="throughput", detail=detail), row
+    slowdown, spread = (source - target) / source, abs(repeat - source) / source
+    measurement = Measurement(
+        metric="throughput", observed=slowdown, source=source, target=target, floor=spread,
+        detail=f"steady state {target:.4g} vs {source:.4g} {unit}/s (source again {repeat:.4g}): "
+        f"target {slowdown:+.1%} slower",
+    )  # fmt: skip
+    return measurement, ThroughputRow(
+        unit=unit, source=source, source_repeat=repeat, target=target, slowdown=slowdown, spread=spread
+    )
+
+
+def measure_outputs(
+    arms: dict[str, JobResult], tolerances: JobTolerances, rules
+) -> tuple[list[Measurement], list[TensorRow]]:
+    """Every output file of the source: checkpoints tensor by tensor, other files by their bytes."""
+    from activities.checkpoints.compare import load_tensors
+    from activities.checkpoints.errors import CheckpointError
+
+    refs = {name: {o.path: o.ref for o in arm.outputs} for name, arm in arms.items()}
+    measurements: list[Measurement] = []
+    rows: list[TensorRow] = []
+    several = len(refs["source"]) > 1
+    with tempfile.TemporaryDirectory(prefix="skyshift-compare-") as scratch:
+        for path, source_ref in refs["source"].items():
+            absent = [arm for arm in ("source_repeat", "target") if path not in refs[arm]]
+            if absent:
+                missing = f"{' and '.join(absent)} did not write {path}"
+                measurements.append(Measurement(metric=f"missing:{path}", observed=1, detail=missing))
+                continue
+            local = {arm: download_artifact(refs[arm][path], Path(scratch) / arm / path) for arm in ARMS}
+            try:
+                tensors = {arm: load_tensors(local[arm]) for arm in ARMS}
+            except CheckpointError:
+                same = source_ref.blake3 == refs["target"][path].blake3
+                state = "identical" if same else "differ"
+                measurements.append(Measurement(metric=f"bytes:{path}", observed=0 if same else 1,
+                                                detail=f"{path} is not a checkpoint; its bytes {state}"))  # fmt: skip
+                continue
+            prefix = f"tensor:{path}:" if several else "tensor:"
+            found, found_rows = _tensor_measurements(prefix, tensors, tolerances, rules)
+            measurements += found
+            rows += found_rows
+    return measurements, rows
+
+
+def _tensor_measurements(
+    prefix: str, tensors: dict[str, dict], tolerances: JobTolerances, rules
+) -> tuple[list[Measurement], list[TensorRow]]:
+    """Target vs source with compare_tensors, the source-vs-source floor beside each tensor.
+
+    Differences are measured in tolerances (atol + rtol x the tensor's largest magnitude), so one
+    rule (`tensor:*`) fits tensors of every scale; the table keeps the raw numbers.
+    """
+    from activities.checkpoints.compare import compare_tensors
+
+    source, rtol, atol = tensors["source"], tolerances.rtol, tolerances.atol
+    # The source is the reference (b): relative differences are relative to its values.
+    against = compare_tensors(tensors["target"], source, rtol=rtol, atol=atol)
+    floors = {d.name: d for d in compare_tensors(tensors["source_repeat"], source, rtol=rtol, atol=atol).tensors}
+    measurements, rows = [], []
+    for diff in against.tensors:
+        name, base = prefix + diff.name, floors.get(diff.name)
+        floor_abs = base.max_abs if base is not None else None
+        # compare_tensors loosens the tolerance of a tensor whose dtype changed; use what it used.
+        unit = (atol if diff.atol is None else diff.atol) + (rtol if diff.rtol is None else diff.rtol) * _scale(
+            source.get(diff.name)
+        )
+        floor = 0.0 if floor_abs is None else _units(floor_abs, unit)  # no floor where the source runs disagree
+        rule = rule_for(name, rules)
+        limit = limit_for(rule, floor) * unit if rule else math.inf
+        status = _status(diff.status)
+        measurements.append(
+            Measurement(
+                metric=name, observed=_units(diff.max_abs, unit), floor=floor,
+                detail=f"{status}: max |diff| {_fmt(diff.max_abs)}, max rel {_fmt(diff.max_rel)}; source vs "
+                f"source again {_fmt(floor_abs)}; tolerance {unit:.3g}",
+            )
+        )  # fmt: skip
+        rows.append(
+            TensorRow(
+                name=name.removeprefix("tensor:"), status=status, max_abs=_finite(diff.max_abs),
+                max_rel=_finite(diff.max_rel), floor_max_abs=_finite(floor_abs), limit=_finite(limit),
+                floor_status=_status(base.status) if base is not None else "only_in_source",
+            )
+        )  # fmt: skip
+    return measurements, rows
+
+
+def _scale(tensor) -> float:
+    if tensor is None or tensor.numel() == 0 or not tensor.is_floating_point():
+        return 0.0
+    return float(tensor.detach().abs().max())
+
+
+def _status(status: str) -> str:
+    """compare_tensors' statuses with its sides named: a is the target (or source again), b the source."""
+    return {"only_in_a": "only_in_target", "only_in_b": "only_in_source"}.get(status, status)
+
+
+def _units(value: float | None, unit: float) -> float:
+    if value is None or math.isnan(value):
+        return math.inf
+    if unit <= 0:
+        return 0.0 if value == 0 else math.inf
+    return value / unit
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _arm_measurement(name: str, arm: JobResult) -> Measurement:
+    detail = f"{name.replace('_', ' ')} on {arm.environment}: {arm.status}, {arm.detail}"
+    if arm.stderr_tail:
+        detail += "; stderr: " + " | ".join(arm.stderr_tail[-5:])
+    return Measurement(metric=f"arm:{name}", observed=0 if arm.ok else 1, detail=detail)
+
+
+def compare_arms(request: CompareJobArmsInput) -> JobComparison:
+    tolerances = request.tolerances
+    rules = [*tolerances.rules, *default_rules(tolerances)]
+    arms = {"source": request.source, "source_repeat": request.source_repeat, "target": request.target}
+    table = [
+        ArmRow(
+            arm=name, environment=arm.environment, status=arm.status, detail=arm.detail, steps=arm.steps_logged,
+            last_loss=_finite(arm.last_loss), steady_per_s=arm.timing.steady_per_s, unit=arm.timing.unit,
+            device=arm.device, code_root=arm.code_root[:16],
+        )
+        for name, arm in arms.items()
+    ]  # fmt: skip
+    measurements = [_arm_measurement(name, arm) for name, arm in arms.items()]
+    roots = {arm.code_root for arm in arms.values()}
+    measurements.append(
+        Measurement(metric="code", observed=len(roots) - 1,
+                    detail="all arms ran byte-identical code" if len(roots) == 1
+                    else "arms ran different code: " + ", ".join(f"{n} {a.code_root[:12]}" for n, a in arms.items()))
+    )  # fmt: skip
+    comparison = JobComparison(job=request.job, verdict=Verdict(subject="", outcome="pass", checks=[], summary=""))
+    comparison.arms = table
+    if all(arm.ok for arm in arms.values()):
+        series = {name: load_series(read_artifact(arm.metrics)) if arm.metrics else [] for name, arm in arms.items()}
+        metric_measurements, comparison.metrics = measure_series(
+            series["source"], series["source_repeat"], series["target"], tolerances, rules
+        )
+        throughput, comparison.throughput = measure_throughput(arms)
+        tensor_measurements, tensor_rows = measure_outputs(arms, tolerances, rules)
+        measurements += [*metric_measurements, throughput, *tensor_measurements]
+    else:
+        tensor_rows = []
+    judged = judge(f"parallel_run:{request.job}", measurements, rules)
+    return _summarize(comparison, judged, tensor_rows, tolerances.top_tensors)
+
+
+def _summarize(comparison: JobComparison, judged: Verdict, tensor_rows: list[TensorRow], top: int) -> JobComparison:
+    """Keep the verdict small: every non-tensor check, the worst tensors, and one check for all tensors."""
+    outcomes = {c.metric: c for c in judged.checks}
+    for row in comparison.metrics:
+        if row.metric in outcomes:
+            row.outcome = outcomes[row.metric].outcome
+    if comparison.throughput is not None and "throughput" in outcomes:
+        comparison.throughput.outcome = outcomes["throughput"].outcome
+        comparison.throughput.limit = outcomes["throughput"].threshold
+    tensor_checks = [c for c in judged.checks if c.metric.startswith("tensor:")]
+    for row in tensor_rows:
+        row.outcome = outcomes[f"tensor:{row.name}"].outcome
+
+    def badness(check: Check) -> float:
+        observed, limit = check.observed, check.threshold or 0.0
+        if observed is None or math.isinf(observed):
+            return math.inf
+        return observed / limit if limit > 0 else (math.inf if observed > 0 else 0.0)
+
+    ranked = sorted(tensor_checks, key=lambda c: (-_SEVERITY[c.outcome] if not c.dry_run else 0, -badness(c)))
+    beyond = [c for c in ranked if c.outcome == "fail"]
+    comparison.top_tensors = [c.metric.removeprefix("tensor:") for c in beyond[:top]]
+    rank = {c.metric.removeprefix("tensor:"): i for i, c in enumerate(ranked)}
+    comparison.tensors = sorted(tensor_rows, key=lambda r: rank[r.name])[:top]
+    counts: dict[str, int] = {}
+    for row in tensor_rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    counts["beyond_floor"] = len(beyond)
+    comparison.tensor_counts = counts
+    checks = [c for c in judged.checks if not c.metric.startswith("tensor:")] + ranked[:top]
+    if tensor_checks:
+        worst = max((c.outcome for c in tensor_checks if not c.dry_run), key=_SEVERITY.__getitem__, default="pass")
+        named = f"; beyond the floor: {', '.join(comparison.top_tensors)}" if beyond else ""
+        checks.append(
+            Check(
+                metric="tensors", outcome=worst, observed=len(beyond), threshold=0,
+                detail=f"{len(tensor_checks)} tensors: "
+                + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if k != "beyond_floor")
+                + f"; {len(beyond)} beyond tolerance and floor" + named,
+            )
+        )  # fmt: skip
+    diverging = [c.step for c in judged.checks if c.step is not None and c.outcome == "fail"]
+    comparison.first_diverging_step = min(diverging, default=None)
+    result = verdict(judged.subject, checks)
+    if result.outcome == "fail":
+        lead = []
+        if comparison.first_diverging_step is not None:
+            first = [
+                c.metric for c in judged.checks if c.step == comparison.first_diverging_step and c.outcome == "fail"
+            ]
+            lead.append(f"first diverging step {comparison.first_diverging_step} ({', '.join(first)})")
+        if comparison.top_tensors:
+            lead.append(f"top differing tensors: {', '.join(comparison.top_tensors)}")
+        if lead:
+            result.summary = "; ".join(lead) + " | " + result.summary
+    comparison.verdict = result
+    return comparison
+
+
+@activity.defn
+def compare_job_arms(request: CompareJobArmsInput) -> JobComparison:
+    """Control worker: read the three arms by reference and judge the target against the noise floor."""
+    return compare_arms(request)

@@ -1,0 +1,320 @@
+"""Run an operator's job on an environment's worker: fetch, launch, stream metrics, collect, clean up.
+
+The job runs as its own process group (`start_new_session`), so a timeout, a cancellation or a
+job that leaves children behind is ended as a whole: SIGTERM to the group, then SIGKILL after a
+grace period, and the activity returns only once no process of the group is left. A job that
+exits non-zero or times out is a *result* (status, exit code, stderr tail), not an activity
+failure: retrying an operator's crashing job would only crash it again, and the comparison turns
+the result into a verdict that names the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from activities.errors import fail_fast_on_permanent_errors
+from activities.jobs.files import ArtifactRef, data_variable, dataset_path, fetch_code, put_artifact
+from activities.jobs.series import JobTiming, MetricsTail, Record, dump_series, timing
+from activities.jobs.spec import JobSpec
+from activities.stores import StoreSpec, join_key, open_store
+from skyshift.runtime import state_dir
+
+Arm = Literal["source", "source-repeat", "target", "bench"]
+JobStatus = Literal["succeeded", "failed", "timed_out", "stopped"]
+PYTHONS = ("python", "python3")
+
+
+class RunJobInput(BaseModel):
+    job: JobSpec
+    environment: str
+    arm: Arm
+    store: StoreSpec = Field(description="The environment's storage: the job's code and datasets are read there")
+    datasets: dict[str, str] = Field(
+        default_factory=dict, description="Dataset name -> its path in `store`, for every name in job.uses"
+    )
+    code_root: str | None = Field(None, description="The source's code root (record_code_root); None: not checked")
+    artifacts: StoreSpec = Field(description="Where the series, output files and logs are written")
+    artifact_prefix: str = Field(min_length=1, description="Key prefix of this run's artifacts, unique per run")
+    stop_after_steps: int | None = Field(
+        None, ge=1, description="Benchmarks: end the job, as a success, once this many steps are logged"
+    )
+    kill_grace_seconds: float = Field(10.0, ge=0, description="Between SIGTERM and SIGKILL of the process group")
+    poll_seconds: float = Field(0.5, gt=0, le=30, description="How often the metrics file is read and heartbeated")
+    stderr_lines: int = Field(20, ge=1, le=500)
+
+
+class JobProgress(BaseModel):
+    """Heartbeat details: what the Temporal UI shows while a job runs."""
+
+    phase: Literal["fetching", "running", "stopping", "collecting"]
+    pid: int | None = Field(None, description="The job's process group id on the worker")
+    steps_logged: int = 0
+    last_step: int | None = None
+    loss: float | None = None
+    per_s: float | None = Field(None, description="Recent steps per second")
+    elapsed_s: float = 0.0
+
+
+class OutputFile(BaseModel):
+    path: str = Field(description="Relative to SKYSHIFT_OUTPUT")
+    ref: ArtifactRef
+
+
+class JobResult(BaseModel):
+    """One arm's run: references to its series and files, never the series itself (history stays small)."""
+
+    job: str
+    environment: str
+    arm: Arm
+    status: JobStatus
+    exit_code: int | None = None
+    detail: str = ""
+    stderr_tail: list[str] = Field(default_factory=list)
+    code_root: str
+    device: str = "cpu"
+    gpus_used: int = 0
+    steps_logged: int = 0
+    last_step: int | None = None
+    last_loss: float | None = None
+    bad_lines: int = 0
+    first_bad_line: str | None = None
+    timing: JobTiming = Field(default_factory=JobTiming)
+    metrics: ArtifactRef | None = None
+    outputs: list[OutputFile] = Field(default_factory=list)
+    stdout: ArtifactRef | None = None
+    stderr: ArtifactRef | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("succeeded", "stopped")
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def build_command(job: JobSpec) -> list[str]:
+    """The argv to launch: `python` is the worker's interpreter; nproc_per_node > 1 goes through torchrun."""
+    program, *rest = job.command
+    is_python = program in PYTHONS
+    if job.nproc_per_node == 1:
+        return [sys.executable, *rest] if is_python else list(job.command)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.nproc_per_node}"]
+    return [*launch, *rest] if is_python else [*launch, "--no-python", *job.command]
+
+
+def job_environment(request: RunJobInput, output: Path, metrics: Path, data: dict[str, Path], gpus: int) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **request.job.env}
+    env |= {
+        "SKYSHIFT_METRICS": str(metrics),
+        "SKYSHIFT_OUTPUT": str(output),
+        "SKYSHIFT_SEED": str(request.job.seed),
+        "SKYSHIFT_ENVIRONMENT": request.environment,
+        "SKYSHIFT_ARM": request.arm,
+        "SKYSHIFT_DIST_BACKEND": "nccl" if gpus else "gloo",
+    }
+    env |= {data_variable(name): str(path) for name, path in data.items()}
+    return env
+
+
+# -- the process group -------------------------------------------------------------------------
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in the group."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if fields[0] not in "ZX" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _wait_gone(process: subprocess.Popen, pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    try:
+        process.wait(timeout=max(seconds, 0))
+    except subprocess.TimeoutExpired:
+        return False
+    while group_alive(pgid):  # children the leader left behind
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def end_group(process: subprocess.Popen, pgid: int, grace: float) -> None:
+    """SIGTERM the whole group, SIGKILL what is left after `grace`, and wait until none of it remains."""
+    if process.poll() is not None and not group_alive(pgid):
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    if _wait_gone(process, pgid, grace):
+        return
+    _signal_group(pgid, signal.SIGKILL)
+    process.wait()
+    _wait_gone(process, pgid, 30)
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    if not path.exists():
+        return []
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - 64 * 1024))
+        text = stream.read().decode(errors="replace")
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _rate(records: list[dict]) -> float | None:
+    recent = records[-10:]
+    if len(recent) < 2 or recent[-1]["time"] <= recent[0]["time"]:
+        return None
+    return round((len(recent) - 1) / (recent[-1]["time"] - recent[0]["time"]), 3)
+
+
+# -- the activity ------------------------------------------------------------------------------
+
+
+@activity.defn
+@fail_fast_on_permanent_errors
+def run_job(request: RunJobInput) -> JobResult:
+    started, job = time.time(), request.job
+    missing = [name for name in job.uses if name not in request.datasets]
+    if missing:
+        raise ApplicationError(
+            f"job {job.name}: datasets {', '.join(missing)} are used but not given (RunJobInput.datasets)",
+            non_retryable=True,
+        )
+    activity.heartbeat(JobProgress(phase="fetching"))
+    (state_dir() / "jobs").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{job.name}-{request.arm}-", dir=state_dir() / "jobs"))
+    try:
+        store = open_store(request.store)
+        code = fetch_code(store, job.code, scratch / "code", request.code_root)
+        data = {name: dataset_path(store, request.datasets[name], state_dir() / "cache") for name in job.uses}
+        gpus = visible_gpus()
+        output, metrics = scratch / "output", scratch / "metrics.jsonl"
+        output.mkdir()
+        env = job_environment(request, output, metrics, data, gpus)
+        result, records = _supervise(request, scratch, env, metrics, started)
+        result.code_root = code.root
+        result.gpus_used = job.gpus if job.gpus is not None else min(job.nproc_per_node, gpus)
+        result.device = "cuda" if gpus else "cpu"
+        activity.heartbeat(JobProgress(phase="collecting", steps_logged=result.steps_logged))
+        _collect(request, scratch, result, records)
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _supervise(
+    request: RunJobInput, scratch: Path, env: dict, metrics: Path, started: float
+) -> tuple[JobResult, list[Record]]:
+    job, tail = request.job, MetricsTail(metrics)
+    status: JobStatus | None = None
+    cancelled = False
+    # Shielded: a cancellation raised into this thread must not land between starting the group
+    # and ending it, or the job would outlive the activity.
+    with activity.shield_thread_cancel_exception():
+        with open(scratch / "stdout.log", "wb") as out, open(scratch / "stderr.log", "wb") as err:
+            process = subprocess.Popen(
+                build_command(job), cwd=scratch / "code", env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True,
+            )  # fmt: skip
+        pgid = process.pid
+        deadline = time.monotonic() + job.timeout.total_seconds()
+        try:
+            while True:
+                exited = process.poll() is not None
+                tail.read_new()
+                last = tail.records[-1] if tail.records else None
+                activity.heartbeat(
+                    JobProgress(
+                        phase="running", pid=pgid, steps_logged=len(tail.records),
+                        last_step=int(last["step"]) if last else None, loss=last.get("loss") if last else None,
+                        per_s=_rate(tail.records), elapsed_s=round(time.time() - started, 1),
+                    )
+                )  # fmt: skip
+                if exited:
+                    break
+                if request.stop_after_steps and len(tail.records) >= request.stop_after_steps:
+                    status = "stopped"
+                    break
+                if time.monotonic() >= deadline:
+                    status = "timed_out"
+                    break
+                if activity.is_cancelled():
+                    cancelled = True
+                    break
+                activity.wait_for_cancelled_sync(request.poll_seconds)
+        finally:
+            activity.heartbeat(JobProgress(phase="stopping", pid=pgid, steps_logged=len(tail.records)))
+            end_group(process, pgid, request.kill_grace_seconds)
+    if cancelled:
+        raise CancelledError(f"job {job.name} cancelled on {request.environment}; its process group was ended")
+    tail.read_new(final=True)
+    code = process.returncode
+    if status is None:
+        status = "succeeded" if code == 0 else "failed"
+    if status == "succeeded":
+        detail = f"exited 0 after {len(tail.records)} steps"
+    elif status == "stopped":
+        detail = f"stopped after {len(tail.records)} steps, as asked (stop_after_steps)"
+    elif status == "timed_out":
+        detail = f"killed at its timeout ({job.timeout}) after {len(tail.records)} steps"
+    else:
+        reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        detail = f"{reason} after {len(tail.records)} steps"
+    last = max(tail.records, key=lambda r: r["step"]) if tail.records else None
+    result = JobResult(
+        job=job.name, environment=request.environment, arm=request.arm, status=status, exit_code=code, detail=detail,
+        stderr_tail=_tail(scratch / "stderr.log", request.stderr_lines) if status in ("failed", "timed_out") else [],
+        code_root="", steps_logged=len(tail.records), last_step=int(last["step"]) if last else None,
+        last_loss=last.get("loss") if last else None, bad_lines=tail.bad_lines, first_bad_line=tail.first_bad,
+        timing=timing(tail.records, started, time.time(), job.warmup_steps),
+    )  # fmt: skip
+    return result, tail.records
+
+
+def _collect(request: RunJobInput, scratch: Path, result: JobResult, records: list[Record]) -> None:
+    """Series, output files and logs to the artifact store; the result keeps their references."""
+    store, prefix = open_store(request.artifacts), request.artifact_prefix
+    dump_series(records, scratch / "series.jsonl")
+    result.metrics = put_artifact(store, join_key(prefix, "metrics.jsonl"), scratch / "series.jsonl")
+    result.stdout = put_artifact(store, join_key(prefix, "stdout.log"), scratch / "stdout.log")
+    result.stderr = put_artifact(store, join_key(prefix, "stderr.log"), scratch / "stderr.log")
+    output = scratch / "output"
+    for path in sorted(p for p in output.rglob("*") if p.is_file()):
+        relative = path.relative_to(output).as_posix()
+        ref = put_artifact(store, join_key(prefix, "output", relative), path)
+        result.outputs.append(OutputFile(path=relative, ref=ref))

@@ -1,0 +1,148 @@
+"""What a plan says about the operator's jobs: the job itself, how its arms are compared, how it is costed."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from activities.analysis import AnalysisRule
+
+_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> Any:
+    """`90s`, `30m`, `2h`, `1h30m`, seconds, ISO 8601 or a timedelta (the plan's own duration forms)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and not value.strip().upper().startswith("P"):
+        text = value.strip().lower().replace(" ", "")
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"'{value}' is not a duration; write e.g. 90s, 30m, 2h or 1h30m")
+        return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+    return value
+
+
+def _code_prefix(value: Any) -> Any:
+    if isinstance(value, str):
+        parts = value.strip("/").split("/")
+        if value.startswith("/") or "\\" in value or "\x00" in value or ".." in parts or not value.strip("/"):
+            raise ValueError(f"'{value}' must be a relative prefix inside the storage root (no '..', no leading '/')")
+        return value.strip("/")
+    return value
+
+
+class JobSpec(BaseModel):
+    """One operator job (plan `workloads.jobs[]`): their code, run by each environment's worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME)
+    code: Annotated[str, BeforeValidator(_code_prefix)] = Field(
+        description="A prefix in the source storage, synced to the target like a dataset; both sides run "
+        "byte-identical code (its BLAKE3 root is recorded and verified)"
+    )
+    command: list[str] = Field(
+        min_length=1,
+        description="Run in the fetched code's directory; a leading `python`/`python3` is the worker's interpreter",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Added to the worker's own environment")
+    uses: list[str] = Field(default_factory=list, description="Datasets the job reads, from its environment's copy")
+    nproc_per_node: int = Field(1, ge=1, le=64, description="> 1: launched through torchrun (gloo on CPU, nccl on GPU)")
+    gpus: int | None = Field(
+        None, ge=0, description="GPUs the job occupies; default one per process where the worker has GPUs, else 0"
+    )
+    timeout: Annotated[timedelta, BeforeValidator(_duration)] = Field(
+        timedelta(hours=2), description="The job is killed (its whole process group) after this long"
+    )
+    seed: int = Field(1234, description="SKYSHIFT_SEED, the same for every arm")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Steps excluded from throughput and step times; default 10% of the steps logged"
+    )
+    samples_per_epoch: int | None = Field(None, ge=1, description="For cost per epoch")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="For cost per epoch when samples_per_epoch is not given (x samples per step)"
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the first word must name a program, e.g. [python, train.py]")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"'{key}' is not an environment variable name")
+            if key.startswith("SKYSHIFT_"):
+                raise ValueError(f"'{key}': SKYSHIFT_* variables are set by skyshift (the job contract)")
+        return value
+
+    @field_validator("uses")
+    @classmethod
+    def _uses(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"'{name}' is not a dataset name")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        if self.timeout <= timedelta(0):
+            raise ValueError("timeout: must be positive")
+        return self
+
+
+class JobTolerances(BaseModel):
+    """How the three arms (source, source again, target) of a job are judged (plan: a job comparison)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    floor_margin: float = Field(
+        1.0,
+        ge=0,
+        description="Target-vs-source divergence may reach the source-vs-source floor x (1 + margin); "
+        "1.0: twice the noise two source runs show",
+    )
+    metric_tolerance: float = Field(
+        1e-5,
+        ge=0,
+        description="Relative per-step divergence of a metric allowed whatever the floor (a deterministic source has "
+        "a floor of 0)",
+    )
+    throughput_tolerance: float = Field(
+        0.05, ge=0, lt=1, description="Allowed steady-state slowdown of the target, or the source-vs-source spread"
+    )
+    rtol: float = Field(1e-5, ge=0, description="Per-tensor relative tolerance of the final checkpoint")
+    atol: float = Field(1e-7, ge=0, description="Per-tensor absolute tolerance of the final checkpoint")
+    ignore_metrics: list[str] = Field(
+        default_factory=lambda: ["time", "*_time", "*time_s", "*_per_s", "*_per_sec", "throughput*", "mem*"],
+        description="Globs of metric fields not compared as series (timings differ by nature)",
+    )
+    rules: list[AnalysisRule] = Field(
+        default_factory=list,
+        description="Extra analysis rules, tried before the defaults (e.g. {metric: eval_*, compare: within_floor, "
+        "threshold: 0.01, floor_margin: 1} or dry_run: true for a metric under observation)",
+    )
+    top_tensors: int = Field(5, ge=1, le=100, description="Tensors named in the verdict and the table")
+
+
+class JobCostModel(BaseModel):
+    """How the POC turns measured throughput into cost per epoch (plan: the benchmark job's costing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    egress_amortized_over_epochs: float = Field(
+        100.0,
+        gt=0,
+        description="The migration's egress cost is spread over this many epochs of the job on the target "
+        "(the source pays no migration egress)",
+    )
