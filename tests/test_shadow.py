@@ -12,9 +12,11 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -24,6 +26,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.metrics import EndpointPair
 from activities.shadow import ShadowSpec
 from activities.shadow.compare import STRUCTURAL, compare, levenshtein
+from activities.shadow.judge import (
+    FieldSamples,
+    ShadowThresholds,
+    judge_fields,
+    measure_outputs,
+    shadow_verdict,
+)
 from activities.shadow.mirror import MirrorClient, MirrorSettings
 from activities.shadow.runner import RunShadowInput, ShadowResult, comparison_table, run_shadow
 from activities.stores import StoreSpec, open_store
@@ -63,12 +72,21 @@ def deploy() -> Iterator[Deployments]:
     deployments.close()
 
 
+@pytest.fixture(scope="module")
+def source_bucket(s3_endpoint: str) -> str:
+    from activities.stores.s3 import S3Store
+
+    name = f"shadow-{uuid.uuid4().hex[:10]}"
+    S3Store(StoreSpec(url=f"s3://{name}")).ensure_bucket()
+    return name
+
+
 @pytest.fixture
-def sample_store(s3_bucket: str) -> Callable[[int], StoreSpec]:
+def sample_store(source_bucket: str) -> Callable[[int], StoreSpec]:
     """The source environment's storage holding `count` seeded request bodies at shadow/requests.jsonl."""
 
     def make(count: int) -> StoreSpec:
-        store = StoreSpec(url=f"s3://{s3_bucket}/ml")
+        store = StoreSpec(url=f"s3://{source_bucket}/ml")
         open_store(store).put_bytes("shadow/requests.jsonl", endpoint.request_sample(count, seed=7))
         return store
 
@@ -119,32 +137,38 @@ def test_identical_models_pass_and_the_result_stays_small(deploy, sample_store):
 def test_nondeterministic_but_equivalent_outputs_pass(deploy, sample_store):
     """Noise at the source's own level: the target differs on most requests, and so does the source."""
     source, target = deploy("source", output_noise=0.01), deploy("target", output_noise=0.01)
-    result = shadow(source, target, store=sample_store(150), concurrency=1)
+    result = shadow(source, target, store=sample_store(100), concurrency=1)
     assert result.verdict.outcome == "pass", result.verdict.summary
     numeric = [f for f in result.fields if f.field.startswith("outputs")]
     assert all(f.floor_max > 0.01 and f.target_max > 0.01 for f in numeric), "the noise was real on both sides"
     assert all(f.exceeded > 0 and f.reverse > 0 for f in numeric), "chance pushed both ways"
 
 
-@pytest.mark.parametrize(
-    ("drift", "noise"),
-    [({"perturb": 0.02}, 0.0), ({"perturb": 0.05}, 0.002), ({"dtype": "bfloat16"}, 0.0)],
-    ids=["perturbed-weights", "perturbed-above-noise", "bfloat16"],
-)
-def test_outputs_drifting_above_the_floor_fail_while_latency_is_equal(deploy, sample_store, drift, noise):
+@pytest.mark.parametrize(("perturb", "noise"), [(0.02, 0.0), (0.05, 0.002)], ids=["quiet-source", "noisy-source"])
+def test_outputs_drifting_above_the_floor_fail_while_latency_is_equal(deploy, sample_store, perturb, noise):
     source = deploy("source", output_noise=noise)
-    target = deploy("target", endpoint.drift(endpoint.tiny_model(), **drift), output_noise=noise)
+    target = deploy("target", endpoint.drift(endpoint.tiny_model(), perturb), output_noise=noise)
     result = shadow(source, target, store=sample_store(80))
     assert result.verdict.outcome == "fail"
     checks = outcomes(result)
     failing = sorted(metric for metric, outcome in checks.items() if outcome == "fail")
-    assert failing and all(metric.startswith("chat.output.") for metric in failing), checks
+    assert failing and all(metric.startswith("chat.output.") for metric in failing), result.verdict.summary
     assert any(metric.startswith("chat.output.outputs[0][") for metric in failing)
     assert checks["chat.latency"] == "pass" and checks["chat.errors"] == "pass"
     worst = result.fields[0]
     assert worst.differs and worst.target_max > 1.2 * (worst.floor_max or 0) + 0.0003
     assert worst.field in result.verdict.summary and f"{worst.target_max:.3g}" in result.verdict.summary
     assert result.examples and result.examples[0].startswith("line-")
+
+
+def test_a_different_dtype_is_caught(deploy, sample_store):
+    """bfloat16 rounding moves every logit by ~1e-3. (On this CPU bfloat16 is also ~12x slower per
+    inference, so latency is not asserted here.)"""
+    target = deploy("target", endpoint.drift(endpoint.tiny_model(), dtype="bfloat16"))
+    result = shadow(deploy("source"), target, store=sample_store(60))
+    differing = [f for f in result.fields if f.differs]
+    assert result.verdict.outcome == "fail" and {f.field for f in differing} >= {"outputs[0][0]", "outputs[0][1]"}
+    assert all(f.quiet and 0.0003 < f.target_max < 0.01 for f in differing)
 
 
 def test_logits_comparator_names_the_positions_that_moved(deploy, sample_store):
@@ -164,21 +188,23 @@ def test_target_failing_two_percent_of_requests_fails_on_errors(deploy, sample_s
     checks = outcomes(result)
     assert result.verdict.outcome == "fail" and checks["chat.errors"] == "fail", checks
     assert result.arms["target"].errors == 4 and result.arms["source"].errors == 0
-    assert checks["chat.outputs"] == "pass", "the answers it did give are right"
+    assert all(o == "pass" for m, o in checks.items() if m.startswith("chat.output.")), "its answers were right"
     assert "HTTP 500" in result.verdict.summary
 
 
 def test_fewer_requests_than_the_minimum_is_inconclusive_never_pass(deploy, sample_store):
     result = shadow(deploy("source"), deploy("target"), store=sample_store(20), min_requests=50)
     assert result.verdict.outcome == "inconclusive"
-    assert "20 of 20 requests" in result.verdict.summary and "50 needed" in result.verdict.summary
+    assert "20 of 20 requests" in result.verdict.summary and "needs >= 50" in result.verdict.summary
 
 
 def test_a_source_noisier_than_the_plan_allows_is_inconclusive(deploy, sample_store):
     source, target = deploy("source", output_noise=0.01), deploy("target", output_noise=0.01)
     result = shadow(source, target, store=sample_store(60), max_source_disagreement=0.001)
-    assert result.verdict.outcome == "inconclusive"
-    assert any(m.startswith("chat.noise_floor.outputs") for m, o in outcomes(result).items() if o == "inconclusive")
+    checks = outcomes(result)
+    assert result.verdict.outcome == "inconclusive" and checks["chat.noise_floor"] == "inconclusive", checks
+    assert all(o == "inconclusive" for m, o in checks.items() if m.startswith("chat.output.outputs"))
+    assert "cannot be told from noise" in result.verdict.summary
 
 
 def test_bad_samples_are_named_by_file_and_line(deploy, s3_bucket):
@@ -200,6 +226,36 @@ def test_cancel_stops_sending_the_sample(deploy, sample_store):
     with pytest.raises(CancelledError):
         env.run(run_shadow, RunShadowInput(endpoint=pair, store=sample_store(200)))
     assert counted(target)["sample"] <= 4, "at most the requests in flight when the cancel came"
+
+
+def test_the_floor_judgement_holds_its_false_alarm_rate():
+    """200 seeded runs of a 5-field endpoint whose target is as noisy as its source: at the plan's 98%,
+    about 2% of runs may fail by chance (Bonferroni over the fields); 3% leaves room for sampling."""
+    rng = np.random.default_rng(11)
+    spec = ShadowSpec(requests="r.jsonl")
+    failed = 0
+    for _ in range(200):
+        fields = {}
+        for name in "abcde":
+            truth = rng.normal(size=100)
+            first, again, target = (truth + 0.01 * rng.normal(size=100) for _ in range(3))
+            fields[name] = FieldSamples(target=list(abs(target - first)), floor=list(abs(again - first)),
+                                        ids=["r"] * 100)  # fmt: skip
+        failed += any(f.differs for f in judge_fields(fields, spec, confidence=0.98))
+    assert failed / 200 <= 0.03
+
+
+def test_a_response_of_many_fields_makes_a_short_verdict():
+    spec = ShadowSpec(requests="r.jsonl")
+    fields = {f"logits[{i}]": FieldSamples(target=[0.01 * (i < 12)] * 60, floor=[0.0] * 60, ids=["line-1"] * 60)
+              for i in range(40)}  # fmt: skip
+    judged = judge_fields(fields, spec, confidence=0.98)
+    measured = measure_outputs("chat", judged, spec)
+    result = shadow_verdict("chat", measured, spec, ShadowThresholds())
+    assert len(result.checks) == 11 and result.outcome == "fail"
+    assert result.checks[-1].metric == "chat.output.(+30 fields)" and "2 more fields beyond the floor" in (
+        result.checks[-1].detail
+    )
 
 
 # -- comparators -------------------------------------------------------------------------------

@@ -6,8 +6,11 @@ when its difference beats that request's floor by both margins (relative and abs
 alone makes the mirror image as likely: the source's own difference beating the target's by the
 same margins. So a field differs when exceedances significantly outnumber their mirror images (a
 one-sided sign test, Bonferroni over the fields) — or, where the source never disagreed with itself
-at all, on any exceedance (there is no noise to explain it; Diffy's rule). Latency and errors per
+at all, on any exceedance (no noise can explain it: p = 0; Diffy's rule). Latency and errors per
 side are judged like the cutover's windows: significant *and* beyond the allowed change.
+
+This module only *measures*; `shadow_rules` is the analysis template (activities.analysis) that the
+one judge applies, so a shadow verdict reads like every other verdict.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, Field
 
+from activities.analysis import AnalysisRule, Measurement, Verdict, judge
 from activities.shadow.spec import ShadowSpec
 from activities.stats import two_proportion_greater
-from activities.validate import Check, relative_change_pct
+from activities.validate import relative_change_pct
 
 MAX_FIELD_CHECKS = 10
 
@@ -47,7 +51,10 @@ class FieldDiff(BaseModel):
     floor_p95: float | None = None
     floor_mean: float | None = None
     max_relative: float | None = Field(None, description="Largest |Δ|/|value| of the target (numeric JSON leaves)")
-    p_value: float | None = Field(None, description="Sign test: exceedances outnumber their mirror images")
+    p_value: float | None = Field(
+        None,
+        description="Sign test that exceedances outnumber their mirror images, Bonferroni-adjusted over the fields",
+    )
     quiet: bool = Field(False, description="The source never disagreed with itself on this field")
     judged: bool = Field(True, description="False when the source is noisier than the plan allows")
     differs: bool = False
@@ -92,8 +99,8 @@ def _stat(values: np.ndarray, how: str) -> float | None:
     return float({"max": np.max, "mean": np.mean, "p95": lambda v: np.percentile(v, 95)}[how](finite))
 
 
-def judge_field(name: str, samples: FieldSamples, spec: ShadowSpec, alpha: float) -> FieldDiff:
-    """One field's verdict at significance `alpha` (already divided among the fields)."""
+def judge_field(name: str, samples: FieldSamples, spec: ShadowSpec, alpha: float, fields: int = 1) -> FieldDiff:
+    """One field at significance `alpha`, its p-value multiplied by the number of `fields` (Bonferroni)."""
     from scipy.stats import binomtest
 
     target, floor = np.asarray(samples.target), np.asarray(samples.floor)
@@ -103,7 +110,7 @@ def judge_field(name: str, samples: FieldSamples, spec: ShadowSpec, alpha: float
         reverse = floor > target * grow + pad
     k, m = int(exceeded.sum()), int(reverse.sum())
     quiet = bool(np.all(floor == 0))
-    p_value = binomtest(k, k + m, 0.5, alternative="greater").pvalue if k else 1.0
+    p_value = min(1.0, fields * binomtest(k, k + m, 0.5, alternative="greater").pvalue) if k else 1.0
     floor_p95 = _stat(floor, "p95") if np.isfinite(floor).any() else None
     judged = spec.max_source_disagreement is None or (
         floor_p95 is not None and floor_p95 <= spec.max_source_disagreement and np.isfinite(floor).all()
@@ -142,8 +149,7 @@ def _finite_or_none(value: float) -> float | None:
 
 def judge_fields(fields: dict[str, FieldSamples], spec: ShadowSpec, confidence: float) -> list[FieldDiff]:
     """Every field, most different first. Bonferroni: a sample with many fields must not fail by chance."""
-    alpha = (1 - confidence) / max(len(fields), 1)
-    judged = [judge_field(name, samples, spec, alpha) for name, samples in fields.items()]
+    judged = [judge_field(name, samples, spec, 1 - confidence, len(fields)) for name, samples in fields.items()]
     return sorted(judged, key=lambda f: (not f.differs, -(f.exceeded - f.reverse), -(f.target_max or 0), f.field))
 
 
@@ -165,94 +171,107 @@ def worst_positions(target: np.ndarray | None, floor: np.ndarray | None, spec: S
 
 
 def _fmt(value: float | None) -> str:
-    if value is None:
-        return "missing"
-    return f"{value:.3g}"
+    return "missing" if value is None else f"{value:.3g}"
 
 
-def output_checks(endpoint: str, fields: list[FieldDiff], spec: ShadowSpec) -> list[Check]:
-    """A failing row per differing field (the worst first, at most MAX_FIELD_CHECKS), an inconclusive
-    row per field too noisy to judge, else one passing row that still shows the largest difference."""
-    margins = f"+{spec.relative_margin_pct:g}% and +{spec.absolute_margin:g} over the floor"
-    checks = []
-    for diff in [f for f in fields if f.differs][:MAX_FIELD_CHECKS]:
-        floor = "the source never disagreed with itself" if diff.quiet else (
-            f"the source by chance on {diff.reverse}, sign test p={diff.p_value:.2g}")  # fmt: skip
-        checks.append(Check(
-            metric=f"{endpoint}.output.{diff.field}",
-            outcome="fail",
-            source=diff.floor_max,
-            target=diff.target_max,
-            observed=round(100 * diff.exceeded / diff.compared, 3),
-            threshold=spec.absolute_margin,
-            p_value=diff.p_value,
-            detail=f"target beyond the floor on {diff.exceeded}/{diff.compared} requests ({floor}); largest "
-            f"|Δ| {_fmt(diff.target_max)} vs the source's own {_fmt(diff.floor_max)} ({margins}); e.g. request "
-            f"{diff.worst_request}: {_fmt(diff.worst_target)} vs {_fmt(diff.worst_floor)}"
-            + (f"; missing or retyped on {diff.structural}" if diff.structural else ""),
-        ))  # fmt: skip
-    for diff in [f for f in fields if not f.judged]:
-        checks.append(Check(
-            metric=f"{endpoint}.noise_floor.{diff.field}",
-            outcome="inconclusive",
-            source=diff.floor_p95,
-            threshold=spec.max_source_disagreement,
+def shadow_rules(spec: ShadowSpec, limits: ShadowThresholds) -> list[AnalysisRule]:
+    """The shadow phase's analysis template: what every endpoint's comparison is judged by, as data."""
+    rules = [
+        AnalysisRule(metric="*.requests", compare="at_least", threshold=spec.min_requests, on_breach="inconclusive",
+                     unit=" requests"),
+        # Any share of requests beyond the floor fails, if significant (p = 0 where the source has no noise).
+        AnalysisRule(metric="*.output.*", compare="significant_increase", threshold=0.0, unit="% of requests"),
+        AnalysisRule(metric="*.errors", compare="significant_increase", threshold=limits.error_rate_increase_pp,
+                     unit=" pp"),
+        AnalysisRule(metric="*.latency", compare="significant_increase", threshold=limits.latency_increase_pct,
+                     unit="%"),
+    ]  # fmt: skip
+    if spec.max_source_disagreement is not None:
+        rules.append(AnalysisRule(metric="*.noise_floor", compare="at_most", threshold=spec.max_source_disagreement,
+                                  on_breach="inconclusive"))  # fmt: skip
+    return rules
+
+
+def _field_measurement(endpoint: str, diff: FieldDiff, spec: ShadowSpec) -> Measurement:
+    metric = f"{endpoint}.output.{diff.field}"
+    if not diff.judged:
+        return Measurement(
+            metric=metric, floor=diff.floor_p95,
             detail=f"the source disagrees with itself by {_fmt(diff.floor_p95)} (p95) on {diff.field}, more than "
             f"max_source_disagreement {spec.max_source_disagreement}: a target difference cannot be told from noise",
-        ))  # fmt: skip
-    if not checks:
-        top = fields[0] if fields else None
-        checks.append(Check(
-            metric=f"{endpoint}.outputs",
-            outcome="pass" if fields else "error",
-            source=top.floor_max if top else None,
-            target=top.target_max if top else None,
-            threshold=spec.absolute_margin,
-            detail=(f"{len(fields)} fields within the floor ({margins}); largest target |Δ| {_fmt(top.target_max)} "
-                    f"on {top.field} (source's own {_fmt(top.floor_max)})") if top else "no output field compared",
-        ))  # fmt: skip
-    return checks
+        )  # fmt: skip
+    chance = "the source never disagreed with itself" if diff.quiet else f"the source by chance on {diff.reverse}"
+    detail = (
+        f"target beyond the floor on {diff.exceeded}/{diff.compared} requests ({chance}); largest |Δ| "
+        f"{_fmt(diff.target_max)} vs the source's own {_fmt(diff.floor_max)} (margins +{spec.relative_margin_pct:g}% "
+        f"and +{spec.absolute_margin:g})"
+    )
+    if diff.worst_request:
+        detail += f"; e.g. {diff.worst_request}: {_fmt(diff.worst_target)} vs {_fmt(diff.worst_floor)}"
+    if diff.structural:
+        detail += f"; missing or retyped on {diff.structural}"
+    return Measurement(
+        metric=metric,
+        observed=round(100 * diff.exceeded / diff.compared, 3),
+        source=round(100 * diff.reverse / diff.compared, 3),
+        target=diff.target_max,
+        floor=diff.floor_max,
+        p_value=0.0 if diff.quiet and diff.exceeded else diff.p_value,
+        detail=detail,
+    )
 
 
-def sample_check(endpoint: str, compared: int, sent: int, spec: ShadowSpec, uncomparable: list[str]) -> Check:
-    enough = compared >= spec.min_requests
-    detail = f"{compared} of {sent} requests answered by all three arms and compared; {spec.min_requests} needed"
+def measure_outputs(endpoint: str, fields: list[FieldDiff], spec: ShadowSpec) -> list[Measurement]:
+    """One row per field, the most different first; beyond MAX_FIELD_CHECKS one row for the rest, so a
+    response of thousands of numbers still makes a short verdict."""
+    rows = [_field_measurement(endpoint, diff, spec) for diff in fields[:MAX_FIELD_CHECKS]]
+    rest = [f for f in fields[MAX_FIELD_CHECKS:] if f.judged]
+    if rest:
+        worst = rest[0]
+        differing = [f.field for f in rest if f.differs]
+        rows.append(Measurement(
+            metric=f"{endpoint}.output.(+{len(fields) - MAX_FIELD_CHECKS} fields)",
+            observed=round(100 * worst.exceeded / worst.compared, 3),
+            target=worst.target_max, floor=worst.floor_max,
+            p_value=0.0 if worst.quiet and worst.exceeded else worst.p_value,
+            detail=f"{len(differing)} more fields beyond the floor"
+            + (f": {', '.join(differing[:5])}{', ...' if len(differing) > 5 else ''}" if differing else ""),
+        ))  # fmt: skip
+    if spec.max_source_disagreement is not None and fields:
+        noisiest = max(fields, key=lambda f: f.floor_p95 or 0.0)
+        rows.append(Measurement(
+            metric=f"{endpoint}.noise_floor", observed=noisiest.floor_p95 or 0.0, floor=noisiest.floor_p95,
+            detail=f"the source's largest self-disagreement (p95) is {_fmt(noisiest.floor_p95)} on {noisiest.field}",
+        ))  # fmt: skip
+    return rows
+
+
+def measure_requests(endpoint: str, compared: int, sent: int, uncomparable: list[str]) -> Measurement:
+    detail = f"{compared} of {sent} requests answered by all three arms and compared"
     if uncomparable:
         detail += f"; {len(uncomparable)} not comparable, e.g. {uncomparable[0]}"
-    return Check(
-        metric=f"{endpoint}.requests",
-        outcome="pass" if enough else "inconclusive",
-        target=compared,
-        threshold=spec.min_requests,
-        detail=detail,
-    )
+    return Measurement(metric=f"{endpoint}.requests", observed=compared, target=compared, detail=detail)
 
 
-def error_check(endpoint: str, source_errors: int, source_calls: int, target_errors: int, target_calls: int,
-                limits: ShadowThresholds, examples: list[str]) -> Check:  # fmt: skip
+def measure_errors(endpoint: str, source_errors: int, source_calls: int, target_errors: int, target_calls: int,
+                   examples: list[str]) -> Measurement:  # fmt: skip
     """Errors count as the cutover counts them: beyond the allowed pp *and* significant."""
+    metric = f"{endpoint}.errors"
     if not source_calls or not target_calls:
-        return Check(metric=f"{endpoint}.errors", outcome="inconclusive", detail="no requests sent")
+        return Measurement(metric=metric, detail="no requests sent")
     s_rate, t_rate = 100 * source_errors / source_calls, 100 * target_errors / target_calls
-    difference = t_rate - s_rate
-    p_value = two_proportion_greater(target_errors, target_calls, source_errors, source_calls)
-    failed = difference > limits.error_rate_increase_pp and p_value < 1 - limits.confidence
-    detail = (
-        f"target {target_errors}/{target_calls} errors ({t_rate:.2f}%) vs source {source_errors}/{source_calls} "
-        f"({s_rate:.2f}%): {difference:+.2f} pp, allowed +{limits.error_rate_increase_pp} pp, p={p_value:.2g}"
-    )
+    detail = (f"target {target_errors}/{target_calls} errors ({t_rate:.2f}%) vs source {source_errors}/{source_calls} "
+              f"({s_rate:.2f}%)")  # fmt: skip
     if examples:
         detail += f"; e.g. {', '.join(examples[:3])}"
-    return Check(
-        metric=f"{endpoint}.errors",
-        outcome="fail" if failed else "pass",
+    return Measurement(
+        metric=metric,
         source=round(s_rate, 4),
         target=round(t_rate, 4),
-        observed=round(difference, 4),
-        threshold=limits.error_rate_increase_pp,
-        p_value=p_value,
+        observed=round(t_rate - s_rate, 4),
+        p_value=two_proportion_greater(target_errors, target_calls, source_errors, source_calls),
         detail=detail,
-    )  # fmt: skip
+    )
 
 
 def percentiles(latencies_ms: list[float]) -> tuple[float | None, float | None, float | None]:
@@ -262,30 +281,31 @@ def percentiles(latencies_ms: list[float]) -> tuple[float | None, float | None, 
     return round(float(p50), 3), round(float(p95), 3), round(float(p99), 3)
 
 
-def latency_check(endpoint: str, source_ms: list[float], target_ms: list[float], limits: ShadowThresholds) -> Check:
-    """Same requests, same moments: the target is slower only if significantly so *and* by more than allowed."""
+def measure_latency(endpoint: str, source_ms: list[float], target_ms: list[float]) -> Measurement:
+    """Same requests, same moments: the target is slower only if significantly so *and* by more than allowed
+    (the larger of the p50 and p95 increases; p99 is reported)."""
     from scipy.stats import mannwhitneyu
 
     if len(source_ms) < 2 or len(target_ms) < 2:
-        return Check(metric=f"{endpoint}.latency", outcome="inconclusive", detail="too few answers to time")
+        return Measurement(metric=f"{endpoint}.latency", detail="too few answers to time")
     s, t = percentiles(source_ms), percentiles(target_ms)
     rise = [relative_change_pct(a, b) for a, b in zip(s, t, strict=True)]  # type: ignore[arg-type]
-    p_value = float(mannwhitneyu(target_ms, source_ms, alternative="greater").pvalue)
-    allowed = limits.latency_increase_pct
-    failed = p_value < 1 - limits.confidence and max(rise[0], rise[1]) > allowed
-    return Check(
+    return Measurement(
         metric=f"{endpoint}.latency",
-        outcome="fail" if failed else "pass",
         source=s[0],
         target=t[0],
         observed=round(max(rise[0], rise[1]), 2),
-        threshold=allowed,
-        p_value=p_value,
+        p_value=float(mannwhitneyu(target_ms, source_ms, alternative="greater").pvalue),
         detail=f"target p50/p95/p99 {t[0]:.1f}/{t[1]:.1f}/{t[2]:.1f} ms vs source {s[0]:.1f}/{s[1]:.1f}/{s[2]:.1f} ms "
-        f"({rise[0]:+.1f}%/{rise[1]:+.1f}%/{rise[2]:+.1f}%, allowed +{allowed}%); Mann-Whitney p={p_value:.2g}",
-    )  # fmt: skip
+        f"({rise[0]:+.1f}%/{rise[1]:+.1f}%/{rise[2]:+.1f}%, Mann-Whitney)",
+    )
 
 
-def source_down_check(endpoint: str, calls: int, examples: list[str]) -> Check:
-    return Check(metric=f"{endpoint}.source", outcome="error",
-                 detail=f"the source answered none of {calls} requests: {'; '.join(examples)}")  # fmt: skip
+def source_down(endpoint: str, calls: int, examples: list[str]) -> Measurement:
+    return Measurement(metric=f"{endpoint}.source",
+                       error=f"the source answered none of {calls} requests: {'; '.join(examples)}")  # fmt: skip
+
+
+def shadow_verdict(endpoint: str, measurements: list[Measurement], spec: ShadowSpec,
+                   limits: ShadowThresholds) -> Verdict:  # fmt: skip
+    return judge(f"shadow:{endpoint}", measurements, shadow_rules(spec, limits), limits.confidence)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from activities.analysis import Verdict
 from activities.metrics import EndpointPair
 from activities.shadow.compare import Uncomparable, compare, parse
 from activities.shadow.judge import (
@@ -33,20 +34,20 @@ from activities.shadow.judge import (
     FieldSamples,
     PositionDiff,
     ShadowThresholds,
-    error_check,
     judge_fields,
-    latency_check,
-    output_checks,
+    measure_errors,
+    measure_latency,
+    measure_outputs,
+    measure_requests,
     percentiles,
-    sample_check,
-    source_down_check,
+    shadow_verdict,
+    source_down,
     worst_positions,
 )
 from activities.shadow.mirror import ArmReply, Exchange, MirrorClient, MirrorCounters, MirrorSettings
 from activities.shadow.spec import ARMS, SHADOW_HEADER, SHADOW_ID_HEADER, ShadowSpec
 from activities.stores import StoreError, StoreSpec, open_store
 from activities.traffic import HttpRouterSpec, RouterSpec
-from activities.validate import Verdict, verdict
 
 MAX_FIELDS_KEPT = 20
 MAX_EXAMPLES = 5
@@ -244,15 +245,15 @@ def judge_exchanges(pair: EndpointPair, spec: ShadowSpec, exchanges: list[Exchan
     source_ms = [e.arms[a].latency_ms for e in exchanges for a in ("source", "source_again") if e.arms[a].ok]
     target_ms = [e.arms["target"].latency_ms for e in exchanges if e.arms["target"].ok]
     name = pair.name
-    checks = [
-        sample_check(name, compared, len(exchanges), spec, uncomparable),
-        *(output_checks(name, judged, spec) if compared else []),
-        error_check(name, arms["source"].errors + arms["source_again"].errors, 2 * len(exchanges),
-                    arms["target"].errors, len(exchanges), limits, arms["target"].error_examples),
-        latency_check(name, source_ms, target_ms, limits),
+    measurements = [
+        measure_requests(name, compared, len(exchanges), uncomparable),
+        *measure_outputs(name, judged, spec),
+        measure_errors(name, arms["source"].errors + arms["source_again"].errors, 2 * len(exchanges),
+                       arms["target"].errors, len(exchanges), arms["target"].error_examples),
+        measure_latency(name, source_ms, target_ms),
     ]  # fmt: skip
     if exchanges and arms["source"].errors == len(exchanges):
-        checks.append(source_down_check(name, arms["source"].calls, arms["source"].error_examples))
+        measurements.append(source_down(name, arms["source"].calls, arms["source"].error_examples))
     examples = list(dict.fromkeys(f.worst_request for f in judged if f.differs and f.worst_request))
     return ShadowResult(
         endpoint=name,
@@ -267,7 +268,7 @@ def judge_exchanges(pair: EndpointPair, spec: ShadowSpec, exchanges: list[Exchan
         positions=worst_positions(position_target, position_floor, spec),
         examples=examples[:MAX_EXAMPLES],
         mirror=mirror,
-        verdict=verdict(f"shadow:{name}", checks),
+        verdict=shadow_verdict(name, measurements, spec, limits),
     )
 
 
