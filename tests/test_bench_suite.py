@@ -14,8 +14,19 @@ import statistics
 import pytest
 import torch
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import CancelledError
+from temporalio.testing import ActivityEnvironment
 
-from activities.bench import BenchInput, BenchResult, resolve_device, run_benchmark, run_suite
+from activities.bench import (
+    BenchInput,
+    BenchProgress,
+    BenchResult,
+    resolve_device,
+    run_benchmark,
+    run_benchmark_activity,
+    run_suite,
+)
+from activities.bench import suite as bench_suite
 from activities.bench.allreduce import bus_bandwidth
 from activities.bench.ceilings import ceiling_of
 from activities.bench.telemetry import TelemetrySampler, nvml_unavailable_reason
@@ -120,6 +131,32 @@ def test_result_survives_workflow_history_and_old_histories_still_decode(cpu_res
     }  # fmt: skip
     legacy = BenchResult.model_validate(old)
     assert legacy.suite is None and legacy.fingerprint is None and legacy.median_train_samples_per_s == 900.0
+
+
+def test_activity_heartbeats_each_test_and_a_cancel_stops_it_at_the_next():
+    environment, beats = ActivityEnvironment(), []
+
+    def on_heartbeat(details: dict) -> None:
+        beats.append(BenchProgress.model_validate(details))  # details arrive as dicts: parsed into the model
+        if len(beats) == 2:
+            environment.cancel()
+
+    environment.on_heartbeat = on_heartbeat
+    request = BenchInput(device="cpu", sustained_seconds=0, allreduce_processes=0, **{**TINY, "trials": 1})
+    with pytest.raises(CancelledError):  # the SDK's own, raised in the activity thread, or ours at the next test
+        environment.run(run_benchmark_activity, request)
+    assert [b.test for b in beats] == ["matmul_fp32_64", "device_copy"] and beats[1].total == 5
+
+
+def test_long_steps_keep_heartbeating(monkeypatch):
+    monkeypatch.setattr(bench_suite, "KEEPALIVE_S", 0.01)  # stands in for a step longer than the heartbeat timeout
+    environment, beats = ActivityEnvironment(), []
+    environment.on_heartbeat = lambda details: beats.append(BenchProgress.model_validate(details))
+    request = BenchInput(device="cpu", sustained_seconds=0, allreduce_processes=0, **{**TINY, "trials": 1})
+    result = environment.run(run_benchmark_activity, request)
+    assert result.suite is not None
+    progress_calls = 6  # five tests and "done"
+    assert len(beats) > progress_calls  # the keepalive thread heartbeat from outside the activity's own thread
 
 
 @cpu_only

@@ -13,8 +13,10 @@ models, and importing torch costs seconds.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import secrets
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -563,13 +565,33 @@ def _torch_version() -> str:
     return torch.__version__
 
 
+#: While one step runs longer than the heartbeat timeout (a 16384 fp32 matmul on a small CPU), a thread keeps
+#: heartbeating the last progress this often.
+KEEPALIVE_S = 10.0
+
+
 @activity.defn(name="run_benchmark")
 def run_benchmark_activity(request: BenchInput) -> BenchResult:
     """Runs on the environment's own queue; heartbeats each test and stops at the next one when cancelled."""
+    latest = BenchProgress(test="starting", done=0, total=0)
+    stop = threading.Event()
+    context = contextvars.copy_context()  # the activity context, for heartbeats sent from the keepalive thread
+
+    def keepalive() -> None:
+        while not stop.wait(KEEPALIVE_S):
+            context.run(activity.heartbeat, latest.model_dump())
 
     def progress(step: BenchProgress) -> None:
+        nonlocal latest
+        latest = step
         activity.heartbeat(step.model_dump())
         if activity.is_cancelled():
             raise CancelledError(f"benchmark cancelled during {step.test}")
 
-    return run_benchmark(request, progress)
+    thread = threading.Thread(target=keepalive, name="bench-keepalive", daemon=True)
+    thread.start()
+    try:
+        return run_benchmark(request, progress)
+    finally:
+        stop.set()
+        thread.join()
