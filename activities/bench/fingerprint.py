@@ -87,8 +87,10 @@ def environment_fingerprint() -> EnvironmentFingerprint:
                 )
             )
         try:
-            nccl = ".".join(str(part) for part in torch.cuda.nccl.version())
-        except (AttributeError, RuntimeError) as error:
+            version = torch.cuda.nccl.version()
+            # torch returns (major, minor, patch); old releases returned NCCL_VERSION_CODE (2.9+: 21805 = 2.18.5).
+            nccl = ".".join(map(str, version)) if isinstance(version, tuple) else _dotted(version, (10000, 100, 1))
+        except (AttributeError, RuntimeError, TypeError) as error:
             notes.append(f"NCCL version unreadable: {error}")
     if torch.backends.cudnn.is_available() and (number := torch.backends.cudnn.version()):
         cudnn = cudnn_version(number)

@@ -28,6 +28,7 @@ from temporalio.exceptions import CancelledError
 from activities.bench.allreduce import bus_bandwidth, run_allreduce
 from activities.bench.fingerprint import cpu_model, cpu_supports, environment_fingerprint
 from activities.bench.models import (
+    MIN_CEILING_MATRIX_SIZE,
     PEAK_MATRIX_SIZE,
     BenchInput,
     BenchProgress,
@@ -266,7 +267,8 @@ def train(device: torch.device, request: BenchInput) -> Measurement:
 
     torch.manual_seed(request.seed)
     batch = request.train_batch
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    native_bf16 = device.type == "cuda" and not supported_dtypes(device)["bf16"]
+    dtype = torch.bfloat16 if native_bf16 else torch.float32
     model = torch.nn.Sequential(
         torch.nn.Linear(512, 1024),
         torch.nn.GELU(),
@@ -328,7 +330,7 @@ def sustained(
 class _Test:
     name: str
     run: Callable[[], list[Measurement]]
-    gpus: list[int] | None = None  # NVML indices whose telemetry belongs to this test; None: the suite's device
+    all_gpus: bool = False  # whose telemetry belongs to the test: every sampled GPU, or only the suite's device
 
 
 def _nvml_index(device: torch.device) -> int:
@@ -367,7 +369,7 @@ def run_suite(request: BenchInput, progress: Callable[[BenchProgress], None] = l
     support = supported_dtypes(device)
     wanted = request.dtypes or [d for d, why in support.items() if not why]
     sizes = sorted({request.matrix_size, *request.matrix_sizes})
-    if cuda and max(sizes) < 4096:
+    if cuda and max(sizes) < MIN_CEILING_MATRIX_SIZE:
         sizes.append(PEAK_MATRIX_SIZE)
     for dtype in wanted:
         if support[dtype]:
@@ -424,7 +426,7 @@ def run_suite(request: BenchInput, progress: Callable[[BenchProgress], None] = l
                 for p in result.points
             ]  # fmt: skip
 
-        tests.append(_Test("allreduce", run_all_reduce, gpus=list(range(gpu_count)) if cuda else None))
+        tests.append(_Test("allreduce", run_all_reduce, all_gpus=True))
     else:
         reason = "allreduce_processes is 0" if request.allreduce_processes == 0 else (
             f"{gpu_count or 'no'} GPU{'s' if gpu_count != 1 else ''}: an all-reduce needs several "
@@ -432,7 +434,7 @@ def run_suite(request: BenchInput, progress: Callable[[BenchProgress], None] = l
         )  # fmt: skip
         skipped.append(Skipped(name="allreduce", reason=reason))
 
-    current = {"name": "", "index": 0}
+    current = {"index": 0}
 
     def tick(name: str) -> None:
         progress(BenchProgress(test=name, done=current["index"], total=len(tests)))
@@ -447,9 +449,8 @@ def run_suite(request: BenchInput, progress: Callable[[BenchProgress], None] = l
             figures = test.run()
             if sampler:
                 summaries = sampler.window(started, sampler.mark())
-                gpus = test.gpus if test.gpus is not None else [own_gpu]
                 for figure in figures:
-                    figure.telemetry = [s for s in summaries if s.gpu in gpus]
+                    figure.telemetry = [s for s in summaries if test.all_gpus or s.gpu == own_gpu]
             measurements.extend(figures)
             if cuda:
                 torch.cuda.empty_cache()
