@@ -34,9 +34,16 @@ from activities.shadow.judge import (
     shadow_verdict,
 )
 from activities.shadow.mirror import MirrorClient, MirrorSettings
-from activities.shadow.runner import RunShadowInput, ShadowResult, comparison_table, run_shadow
+from activities.shadow.runner import (
+    MirrorInput,
+    RunShadowInput,
+    ShadowResult,
+    comparison_table,
+    run_shadow,
+    set_mirror,
+)
 from activities.stores import StoreSpec, open_store
-from activities.traffic import HttpRouterSpec
+from activities.traffic import HttpRouterSpec, Route53RouterSpec
 from starters.load import LoadGenerator
 from tests.conftest import free_port
 from workers import endpoint
@@ -303,7 +310,10 @@ def test_shadow_spec_is_validated_up_front():
         {"name": "chat", "source_url": "http://a", "target_url": "http://b",
          "shadow": {"mirror_percent": 5, "comparator": {"kind": "logits", "top_k": 5}}}
     )  # fmt: skip
-    assert pair.shadow.comparator.top_k == 5 and EndpointPair.model_validate(pair.model_dump()) == pair
+    assert pair.shadow.comparator.top_k == 5
+    converter = pydantic_data_converter.payload_converter
+    request = RunShadowInput(endpoint=pair, router=HttpRouterSpec(admin_url="http://r"))
+    assert converter.from_payloads(converter.to_payloads([request]), [RunShadowInput]) == [request]
 
 
 # -- mirroring live traffic --------------------------------------------------------------------
@@ -404,3 +414,18 @@ def test_router_rejects_an_invalid_mirror_share(deploy):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_set_mirror_is_an_idempotent_undo_and_needs_the_http_router(deploy):
+    _, server, url = router_in_thread(deploy("source"), deploy("target"))
+    try:
+        for percent in (30, 0, 0):
+            ActivityEnvironment().run(set_mirror, MirrorInput(router=HttpRouterSpec(admin_url=url), percent=percent))
+            assert MirrorClient(url).status().settings.percent == percent
+    finally:
+        server.shutdown()
+        server.server_close()
+    route53 = Route53RouterSpec(kind="route53", hosted_zone_id="Z1", record_name="api.example.com",
+                                source_value="a", target_value="b")  # fmt: skip
+    with pytest.raises(ApplicationError, match=r"needs skyshift's http router .* not route53"):
+        ActivityEnvironment().run(set_mirror, MirrorInput(router=route53, percent=5))
