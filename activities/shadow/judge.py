@@ -9,8 +9,8 @@ one-sided sign test, Bonferroni over the fields) — or, where the source never 
 at all, on any exceedance (no noise can explain it: p = 0; Diffy's rule). Latency and errors per
 side are judged like the cutover's windows: significant *and* beyond the allowed change.
 
-This module only *measures*; `shadow_rules` is the analysis template (activities.analysis) that the
-one judge applies, so a shadow verdict reads like every other verdict.
+The statistics per field live here; every row's outcome comes from the one judge
+(activities.analysis) applying `shadow_rules`, so a shadow verdict reads like every other verdict.
 """
 
 from __future__ import annotations

@@ -174,19 +174,16 @@ def send_sample(pair: EndpointPair, spec: ShadowSpec, sample: list[tuple[str, by
     return sorted(done, key=lambda e: order[e.id])
 
 
-def collect_mirrored(client: MirrorClient, spec: ShadowSpec, stop: threading.Event,
+def collect_mirrored(client: MirrorClient, spec: ShadowSpec,
                      progress: Callable[[dict[str, int]], None]) -> tuple[list[Exchange], MirrorCounters]:  # fmt: skip
-    """Wait for `min_requests` mirrored exchanges (or `mirror_seconds`), then turn mirroring off."""
-    deadline = time.monotonic() + spec.mirror_seconds
-    try:
-        while time.monotonic() < deadline and not stop.is_set():
-            counters = client.status().counters
-            progress({"mirrored": counters.completed, "wanted": spec.min_requests})
-            if counters.collected >= spec.min_requests:
-                break
-            stop.wait(0.5)
-    finally:
-        client.configure(MirrorSettings(percent=0, path=spec.path))
+    """Wait until the router holds `min_requests` mirrored exchanges (or `mirror_seconds` passed); read them."""
+    deadline, tick = time.monotonic() + spec.mirror_seconds, threading.Event()
+    while time.monotonic() < deadline:
+        counters = client.status().counters
+        progress({"mirrored": counters.collected, "wanted": spec.min_requests})
+        if counters.collected >= spec.min_requests:
+            break
+        tick.wait(0.5)
     return client.all_exchanges(limit=spec.max_requests), client.status().counters
 
 
@@ -321,7 +318,7 @@ def run_shadow(request: RunShadowInput) -> ShadowResult:
     try:
         exchanges = send_sample(pair, spec, sample, _heartbeat) if sample else []
         if client:
-            mirrored, counters = collect_mirrored(client, spec, threading.Event(), _heartbeat)
+            mirrored, counters = collect_mirrored(client, spec, _heartbeat)
     finally:
         if client:
             with activity.shield_thread_cancel_exception():  # a cancel must not leave the router mirroring
