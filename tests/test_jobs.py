@@ -202,6 +202,29 @@ def test_two_process_torchrun_gloo_job_reads_its_data_from_s3(s3_bucket):
     assert result.code_root == code_root(open_store(store), job.code).root
 
 
+def test_object_store_datasets_are_cached_per_worker_and_follow_the_store(s3_bucket):
+    store = stage(f"s3://{s3_bucket}/cloud")
+    job = JobSpec(name="reads", code="jobs/counter", command=["python", "count.py", "--steps", "3"], uses=["corpus"])
+
+    def data_dir() -> Path:
+        result = run_arm(job, store, "target")
+        summary = json.loads(read_artifact(next(o.ref for o in result.outputs if o.path == "summary.json")))
+        return Path(summary["data"]["SKYSHIFT_DATA_CORPUS"])
+
+    first = data_dir()
+    remote = open_store(store)
+    assert {p.name: p.read_bytes() for p in first.iterdir() if not p.name.startswith(".")} == {
+        name: remote.read_bytes(f"datasets/corpus/{name}") for name in ("part-000.bin", "part-001.bin")
+    }
+    unchanged = (first / "part-000.bin").stat().st_mtime_ns
+    remote.put_bytes("datasets/corpus/part-001.bin", b"changed at the source")
+    second = data_dir()
+    assert second == first and (second / "part-001.bin").read_bytes() == b"changed at the source"
+    assert (second / "part-000.bin").stat().st_mtime_ns == unchanged  # not downloaded again
+    remote.remove("datasets/corpus/part-000.bin")
+    assert not (data_dir() / "part-000.bin").exists()
+
+
 def test_a_ten_thousand_step_job_keeps_history_small(tmp_path):
     store = stage(f"file://{tmp_path / 'cloud'}")
     job = JobSpec(name="long", code="jobs/counter", command=["python", "count.py", "--steps", "10000"])

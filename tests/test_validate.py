@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from activities.metrics import LATENCY_BUCKETS, EndpointSnapshot, Histogram, SideSnapshot, parse_metrics
 from activities.training import TrainResult
 from activities.validate import (
@@ -140,3 +142,17 @@ def test_a_dry_run_metric_reports_but_never_decides():
     result = judge_window(JudgeWindowInput(stage="s", previous=[], current=current, thresholds=limits)).verdict
     assert result.outcome == "pass"
     assert "dry-run: chat.latency would be fail" in result.summary
+
+
+def test_the_error_rate_interval_is_as_wide_as_the_plans_confidence():
+    current = [EndpointSnapshot(endpoint="chat", source=side([0.008] * 1000, errors=10),
+                                target=side([0.008] * 1000, errors=30))]  # fmt: skip
+
+    def width(confidence: float) -> float:
+        limits = LIMITS.model_copy(update={"confidence": confidence})
+        result = judge_window(JudgeWindowInput(stage="s", previous=[], current=current, thresholds=limits)).verdict
+        low, high = next(c for c in result.checks if c.metric == "chat.error_rate").confidence_interval
+        return high - low
+
+    # Two-sided normal quantiles: 2.326 at 98% (the old fixed z), 1.645 at 90%.
+    assert width(0.98) / width(0.90) == pytest.approx(2.3263 / 1.6449, rel=1e-3)

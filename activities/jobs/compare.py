@@ -9,6 +9,7 @@ is judged by the one judge (`activities.analysis.judge`) under rules that are da
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
 from collections.abc import Sequence
@@ -405,6 +406,42 @@ def _summarize(comparison: JobComparison, judged: Verdict, tensor_rows: list[Ten
             result.summary = "; ".join(lead) + " | " + result.summary
     comparison.verdict = result
     return comparison
+
+
+def comparison_text(comparison: JobComparison, width: int = 132) -> str:
+    """The comparison as plain-text tables (rich), for reports, notes and the demo's output."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    arms = Table("arm", "environment", "status", "steps", "last loss", "steady /s", "device", "code root",
+                 title=f"job {comparison.job}: arms")  # fmt: skip
+    for a in comparison.arms:
+        arms.add_row(a.arm, a.environment, a.status, str(a.steps), num(a.last_loss, 7), num(a.steady_per_s, 4),
+                     a.device, a.code_root[:12])  # fmt: skip
+    metrics = Table("metric", "steps", "target vs source", "at step", "floor (source vs again)", "limit",
+                    "first diverging step", "outcome", title="metric series (relative divergence)")  # fmt: skip
+    for m in comparison.metrics:
+        metrics.add_row(m.metric, str(m.steps), num(m.divergence), str(m.divergence_step), num(m.floor), num(m.limit),
+                        "-" if m.first_diverging_step is None else str(m.first_diverging_step), m.outcome)  # fmt: skip
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(comparison.tensor_counts.items()))
+    tensors = Table("tensor", "status", "max |diff|", "max rel", "floor max |diff|", "floor status", "limit",
+                    "outcome", title=f"final checkpoint, worst first ({counts})")  # fmt: skip
+    for t in comparison.tensors:
+        tensors.add_row(t.name, t.status, num(t.max_abs), num(t.max_rel), num(t.floor_max_abs), t.floor_status,
+                        num(t.limit), t.outcome)  # fmt: skip
+    console = Console(width=width, record=True, file=io.StringIO())
+    for table in (arms, metrics, tensors):
+        console.print(table)
+    if (tp := comparison.throughput) is not None:
+        console.print(
+            f"throughput ({tp.unit}/s): source {num(tp.source, 4)}, source again {num(tp.source_repeat, 4)}, "
+            f"target {num(tp.target, 4)}; slowdown {num(tp.slowdown)} vs limit {num(tp.limit)}: {tp.outcome}"
+        )
+    console.print(f"verdict: {comparison.verdict.outcome.upper()}: {comparison.verdict.summary}")
+    return console.export_text()
 
 
 @activity.defn

@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -137,13 +137,13 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def dataset_path(store: Store, path: str, cache_root: Path) -> Path:
+def dataset_path(store: Store, path: str, cache_root: Path, on_object: Callable[[str], None] | None = None) -> Path:
     """A local directory holding the dataset at `path` in `store`.
 
     A local store's directory is used as it is. An object store's prefix is downloaded into a
     per-worker cache, re-fetched only for objects whose etag or size changed. Each downloaded object
-    is checked against its listed size and, where the sync left a manifest for that version, against
-    its BLAKE3 Merkle root; a mismatch is never left in the cache.
+    is checked against its listed size and, where this worker holds a manifest of that version (it
+    synced or fingerprinted it), against its BLAKE3 Merkle root; a mismatch never enters the cache.
     """
     if store.spec.url.startswith("file://"):
         local = Path(urlparse(store.spec.url).path) / safe_key(path)
@@ -162,6 +162,8 @@ def dataset_path(store: Store, path: str, cache_root: Path) -> Path:
             local = directory / relative
             if index.get(relative) == {"etag": info.etag, "size": info.size} and local.is_file():
                 continue
+            if on_object is not None:
+                on_object(info.key)  # long downloads heartbeat
             _download_verified(store, info, local)
             index[relative] = {"etag": info.etag, "size": info.size}
         keep = {safe_key(i.key[len(path) :].lstrip("/")) for i in listed}

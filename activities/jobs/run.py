@@ -66,6 +66,7 @@ class JobProgress(BaseModel):
     loss: float | None = None
     per_s: float | None = Field(None, description="Recent steps per second")
     elapsed_s: float = 0.0
+    detail: str = Field("", description="While fetching: the object being downloaded")
 
 
 class OutputFile(BaseModel):
@@ -221,7 +222,8 @@ def run_job(request: RunJobInput) -> JobResult:
     try:
         store = open_store(request.store)
         code = fetch_code(store, job.code, scratch / "code", request.code_root)
-        data = {name: dataset_path(store, request.datasets[name], state_dir() / "cache") for name in job.uses}
+        cache = Path(os.environ.get("SKYSHIFT_CACHE_DIR") or state_dir() / "cache") / "datasets"
+        data = {name: dataset_path(store, request.datasets[name], cache, _fetching) for name in job.uses}
         gpus = visible_gpus()
         output, metrics = scratch / "output", scratch / "metrics.jsonl"
         output.mkdir()
@@ -235,6 +237,10 @@ def run_job(request: RunJobInput) -> JobResult:
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fetching(key: str) -> None:
+    activity.heartbeat(JobProgress(phase="fetching", detail=key))
 
 
 def _supervise(

@@ -35,4 +35,5 @@ with open(os.environ["SKYSHIFT_METRICS"], "a") as metrics:
 output = os.environ.get("SKYSHIFT_OUTPUT")
 if output:
     with open(os.path.join(output, "summary.json"), "w") as out:
-        json.dump({"steps": args.steps, "seed": seed}, out)
+        data = {k: v for k, v in os.environ.items() if k.startswith("SKYSHIFT_DATA_")}
+        json.dump({"steps": args.steps, "seed": seed, "arm": os.environ.get("SKYSHIFT_ARM"), "data": data}, out)
