@@ -18,7 +18,7 @@ Keys: one 256-bit data key per repository (from KMS GenerateDataKey, or wrapped 
 stored only wrapped; HKDF-SHA256 derives the AEAD key and the chunk-id key from it. Nothing unauthenticated
 is ever released: AES-GCM checks a chunk's tag (over its ciphertext and its id) before it returns any
 plaintext, so a flipped byte is refused and never decrypted; the chunk's id is then recomputed from the
-plaintext, and a file is written to its destination only after every one of its chunks has passed. Not
+plaintext, and files are written to their destination only after every chunk of every file has passed. Not
 built: key rotation (seal into a new path), garbage collection of chunks no index references.
 """
 
@@ -299,36 +299,38 @@ def _sealed_indexes(store: Store, path: str, keys: _Keys) -> list[FileIndex]:
 
 
 def open_repository(request: OpenSealedInput, heartbeat=None) -> OpenSealedResult:
-    """Verify and decrypt every sealed file into the destination; a file is written only once all its chunks
-    have authenticated and matched their ids."""
+    """Verify and decrypt every sealed file to local disk, then write them to the destination: nothing is
+    written unless every chunk of every file has authenticated and matched its id."""
     store = open_store(request.store)
     destination = open_store(request.destination) if request.destination else store
     keys, _ = open_keys(store, request.sealed_path, request.key)
     _, chunk_dir, _ = _paths(request.sealed_path)
-    files, written, verified = 0, 0, 0
-    for index in _sealed_indexes(store, request.sealed_path, keys):
-        with tempfile.NamedTemporaryFile(prefix="skyshift-open-") as plain:
-            for chunk_id, length in index.chunks:
-                what = f"{store.url}/{join_key(chunk_dir, chunk_id)} (chunk of {index.key})"
-                if not store.exists(join_key(chunk_dir, chunk_id)):
-                    raise SealedError(f"{what}: missing from the repository")
-                plaintext = keys.open(
-                    store.read_bytes(join_key(chunk_dir, chunk_id)), b"chunk:" + chunk_id.encode(), what
-                )
-                if len(plaintext) != length or keys.chunk_id(plaintext) != chunk_id:
-                    raise TamperedError(f"{what}: content does not match its id; refused")
-                plain.write(plaintext)
-                verified += 1
-                if heartbeat is not None:
-                    heartbeat(verified)
-            plain.flush()
-            if plain.tell() != index.size:
-                raise TamperedError(f"{index.key}: {plain.tell()} bytes from its chunks, the index says {index.size}")
-            destination.put_file(join_key(request.destination_path, index.key), Path(plain.name))
-        files += 1
-        written += index.size
+    indexes = _sealed_indexes(store, request.sealed_path, keys)
+    verified = 0
+    with tempfile.TemporaryDirectory(prefix="skyshift-open-") as scratch:
+        for number, index in enumerate(indexes):
+            with open(Path(scratch) / str(number), "wb") as plain:
+                for chunk_id, length in index.chunks:
+                    where = join_key(chunk_dir, chunk_id)
+                    what = f"{store.url}/{where} (chunk of {index.key})"
+                    if not store.exists(where):
+                        raise SealedError(f"{what}: missing from the repository")
+                    plaintext = keys.open(store.read_bytes(where), b"chunk:" + chunk_id.encode(), what)
+                    if len(plaintext) != length or keys.chunk_id(plaintext) != chunk_id:
+                        raise TamperedError(f"{what}: content does not match its id; refused")
+                    plain.write(plaintext)
+                    verified += 1
+                    if heartbeat is not None:
+                        heartbeat(verified)
+                if plain.tell() != index.size:
+                    raise TamperedError(
+                        f"{index.key}: {plain.tell()} bytes from its chunks, the index says {index.size}"
+                    )
+        for number, index in enumerate(indexes):
+            destination.put_file(join_key(request.destination_path, index.key), Path(scratch) / str(number))
     return OpenSealedResult(name=request.name, destination=f"{destination.url.rstrip('/')}/{request.destination_path}",
-                            files=files, bytes_written=written, chunks_verified=verified)  # fmt: skip
+                            files=len(indexes), bytes_written=sum(i.size for i in indexes),
+                            chunks_verified=verified)  # fmt: skip
 
 
 def _activity_error(error: Exception) -> ApplicationError:
