@@ -36,9 +36,16 @@ class BenchInput(BaseModel):
         None, gt=0, le=65536, description="Device memory copy size; default 1024 MiB on CUDA (far above L2), 64 on CPU"
     )
     train_batch: int = Field(256, ge=1, le=65536, description="Batch of the MLP training step (256 in older results)")
-    inference_batch: int = Field(16, ge=2, le=4096, description="The larger inference batch (batch 1 always runs)")
-    inference_seq: int = Field(64, ge=1, le=8192, description="Tokens per sequence of the inference model")
-    inference_width: int = Field(256, ge=8, le=8192, description="d_model of the inference model (heads: width/64)")
+    inference_batch: int | None = Field(
+        None,
+        ge=2,
+        le=4096,
+        description="The larger inference batch (batch 1 always runs); default 32 on CUDA, 8 on CPU",
+    )
+    inference_seq: int | None = Field(None, ge=1, le=8192, description="Tokens per sequence; default 256 CUDA, 32 CPU")
+    inference_width: int | None = Field(
+        None, ge=8, le=8192, description="d_model of the 2-layer encoder (heads: width/64); default 1024 CUDA, 128 CPU"
+    )
     sustained_seconds: float | None = Field(
         None, ge=0, le=3600, description="Sustained matmul run; default 60 s on CUDA, 2 s on CPU; 0 skips it"
     )

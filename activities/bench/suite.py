@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 CPU_NOTE = "ran on CPU: no CUDA device on this worker, so no NVML telemetry"
 #: Sustained run on CUDA when the plan does not say (mamf-finder soaks for about as long); a token run on CPU.
 SUSTAINED_DEFAULT_S = {"cuda": 60.0, "cpu": 2.0}
+#: Inference model when the plan does not say: (larger batch, tokens, width). A GPU gets a model it can be busy with;
+#: a CPU one that answers in milliseconds, so a CPU POC (demo, tests) stays short.
+INFERENCE_DEFAULTS = {"cuda": (32, 256, 1024), "cpu": (8, 32, 128)}
 #: Device-memory copy size when the plan does not say: far above any L2 (H200: 60 MB) so HBM is what moves.
 DEVICE_COPY_DEFAULT_MIB = {"cuda": 1024.0, "cpu": 64.0}
 
@@ -215,11 +218,17 @@ def host_copy(device: torch.device, direction: str, mib: float, request: BenchIn
                         detail=f"{label}, pinned memory, {mib:g} MiB per copy")  # fmt: skip
 
 
+def _inference_shape(device: torch.device, request: BenchInput) -> tuple[int, int, int]:
+    """(larger batch, sequence, width): the request's, else the device's defaults."""
+    batch, seq, width = INFERENCE_DEFAULTS[device.type]
+    return request.inference_batch or batch, request.inference_seq or seq, request.inference_width or width
+
+
 def _inference_model(device: torch.device, request: BenchInput) -> tuple[Any, torch.dtype]:
     import torch
 
     torch.manual_seed(request.seed)
-    width = request.inference_width
+    width = _inference_shape(device, request)[2]
     layer = torch.nn.TransformerEncoderLayer(d_model=width, nhead=max(1, width // 64), dim_feedforward=4 * width,
                                              batch_first=True)  # fmt: skip
     dtype = torch.bfloat16 if device.type == "cuda" and supported_dtypes(device)["bf16"] == "" else torch.float32
@@ -233,7 +242,8 @@ def latency(device: torch.device, batch: int, request: BenchInput) -> list[Measu
     import torch
 
     model, dtype = _inference_model(device, request)
-    inputs = _randn((batch, request.inference_seq, request.inference_width), device, dtype, request.seed)
+    _, seq, width = _inference_shape(device, request)
+    inputs = _randn((batch, seq, width), device, dtype, request.seed)
     percentiles: dict[int, list[float]] = {50: [], 95: [], 99: []}
     samples_per_trial = []
     with torch.inference_mode():
@@ -254,9 +264,9 @@ def latency(device: torch.device, batch: int, request: BenchInput) -> list[Measu
     name = str(dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
     return [
         _measurement(f"latency_b{batch}_p{p}", "latency", "ms", values, higher_is_better=False, dtype=name,
-                     params={"batch": batch, "seq": request.inference_seq, "width": request.inference_width,
+                     params={"batch": batch, "seq": seq, "width": width,
                              "percentile": p, "samples_per_trial": min(samples_per_trial)},
-                     detail=f"2-layer transformer encoder forward, batch {batch} x {request.inference_seq} tokens")
+                     detail=f"2-layer transformer encoder forward, batch {batch} x {seq} tokens")
         for p, values in percentiles.items()
     ]  # fmt: skip
 
@@ -385,7 +395,7 @@ def run_suite(request: BenchInput, progress: Callable[[BenchProgress], None] = l
             tests.append(_Test(direction, lambda d=direction: [host_copy(device, d, request.copy_mib, request)]))
         else:
             skipped.append(Skipped(name=direction, reason="no CUDA device: host<->device copies need one"))
-    for batch in (1, request.inference_batch):
+    for batch in (1, _inference_shape(device, request)[0]):
         tests.append(_Test(f"latency_b{batch}", lambda b=batch: latency(device, b, request)))
     tests.append(_Test("train_mlp", lambda: [train(device, request)]))
 
