@@ -127,8 +127,11 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     destination, destination_path = _location("DEST_URL", args.dest_url)
     if spec.url.startswith("file://") and path:  # a local directory given as a file: the repository is beside it
         raise UsageError(f"SEALED_URL {args.sealed_url!r}: name the directory that holds sealed/, not a file")
+    kms_key = args.kms_key
+    if kms_key and "://" not in kms_key and Path(kms_key).is_file():
+        kms_key = Path(kms_key).resolve().as_uri()  # a local key file given as a path
     try:
-        key = KeyRef(kms_key=args.kms_key) if args.kms_key else None
+        key = KeyRef(kms_key=kms_key) if kms_key else None
     except ValidationError as error:
         raise UsageError(f"--kms-key: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     request = OpenSealedInput(store=spec, sealed_path=path, destination=destination,

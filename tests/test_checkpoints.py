@@ -355,3 +355,23 @@ def test_compatibility_blocks_what_would_fail_on_the_target(dcp_dir, tmp_path):
     assert check.outcome == "fail" and "quantize to 8-bit" in check.detail and fit.memory_gb == 160
     check, fit, warnings = memory_check(big, [], "H100-80GB", 4)
     assert check.outcome == "pass" and fit.fits_training is False and "reduce the batch size" in warnings[0]
+
+
+def test_a_large_checkpoint_is_judged_by_its_digest_root_beyond_the_listed_tensors(tmp_path):
+    from activities.checkpoints.compat import check_compatibility
+    from activities.checkpoints.models import MAX_TENSORS_IN_RESULT
+
+    state = {f"block.{i:04d}": torch.full((2,), float(i)) for i in range(MAX_TENSORS_IN_RESULT + 50)}
+    files.save(tmp_path / "big.pt", state)
+    store = StoreSpec(url=tmp_path.as_uri())
+    source = inspect_path(open_store(store), "big.pt")
+    assert source.tensors_truncated and len(source.tensors) == MAX_TENSORS_IN_RESULT
+    assert source.tensors_total == MAX_TENSORS_IN_RESULT + 50 and len(source.model_dump_json()) < 256_000
+
+    state[f"block.{MAX_TENSORS_IN_RESULT + 10:04d}"][0] = -1.0  # a tensor the result does not list by name
+    files.save(tmp_path / "big.pt", state)
+    report = check_compatibility(
+        CompatibilityInput(name="big", store=store, path="big.pt", source=source), tmp_path / "x"
+    )
+    digests = {c.metric: c for c in report.verdict.checks}["digests"]
+    assert digests.outcome == "fail" and "digest roots differ" in digests.detail

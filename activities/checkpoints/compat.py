@@ -106,15 +106,13 @@ def _torch_version() -> tuple[int, int]:
 
 
 def map_location_for(recorded: list[str], devices: list[DeviceFacts]) -> str | dict[str, str] | None:
-    """None when every recorded device exists here; else where storages must go: `cpu` without CUDA, or a
-    mapping of missing CUDA devices to cuda:0 on a host with fewer GPUs."""
-    cuda = [d for d in recorded if d.startswith("cuda")]
-    if not cuda:
+    """None when every recorded device exists here; else where storages must go: `cpu` on a host without
+    CUDA, or a mapping of each missing device to cuda:0 on a host with fewer (or other) devices."""
+    here = {"cpu", "cuda"} | {f"cuda:{d.index}" for d in devices} if devices else {"cpu"}
+    missing = sorted(d for d in recorded if d not in here)
+    if not missing:
         return None
-    if not devices:
-        return "cpu"
-    missing = {d: "cuda:0" for d in cuda if (int(d.split(":")[1]) if ":" in d else 0) >= len(devices)}
-    return missing or None
+    return "cpu" if not devices else dict.fromkeys(missing, "cuda:0")
 
 
 def _describe(location: str | dict[str, str] | None) -> str | None:
@@ -124,30 +122,22 @@ def _describe(location: str | dict[str, str] | None) -> str | None:
 
 
 def _digest_check(source: CheckpointInspection, target: CheckpointInspection) -> tuple[Check, list[str]]:
-    if source.tensors_truncated or target.tensors_truncated:
-        same = source.digest_root == target.digest_root
-        detail = f"digest roots {'equal' if same else 'differ'} over {source.tensors_total} tensors"
-        return Check(metric="digests", outcome="pass" if same else "fail", detail=detail), []
+    """Every tensor the source listed against the target's full inspection, and the roots over all tensors."""
     want, got = source.digests(), target.digests()
     missing = sorted(want.keys() - got.keys())
-    extra = sorted(got.keys() - want.keys())
+    extra = [] if source.tensors_truncated else sorted(got.keys() - want.keys())
     wrong = sorted(n for n in want.keys() & got.keys() if want[n] != got[n])
     bad = missing + extra + wrong
-    detail = (
-        f"all {len(want)} tensors have the source's BLAKE3 digest"
-        if not bad
-        else f"{len(wrong)} differ, {len(missing)} missing, {len(extra)} extra on the target: "
-        + ", ".join(repr(n) for n in bad[:5])
-    )
-    return Check(
-        metric="digests",
-        outcome="fail" if bad else "pass",
-        source=len(want),
-        target=len(got),
-        observed=len(bad),
-        threshold=0,
-        detail=detail,
-    ), bad[:20]
+    roots = source.digest_root == target.digest_root and source.tensors_total == target.tensors_total
+    if not bad and roots:
+        detail = f"all {target.tensors_total} tensors have the source's BLAKE3 digest (roots equal)"
+    elif not bad:
+        detail = f"digest roots differ over {target.tensors_total} tensors (beyond the {len(want)} listed by name)"
+    else:
+        detail = (f"{len(wrong)} differ, {len(missing)} missing, {len(extra)} extra on the target: "
+                  + ", ".join(repr(n) for n in bad[:5]))  # fmt: skip
+    return Check(metric="digests", outcome="pass" if roots and not bad else "fail", source=source.tensors_total,
+                 target=target.tensors_total, observed=len(bad), threshold=0, detail=detail), bad[:20]  # fmt: skip
 
 
 def load_check(local: Path, report: CheckpointInspection, location: str | dict[str, str] | None) -> Check:
@@ -170,7 +160,7 @@ def load_check(local: Path, report: CheckpointInspection, location: str | dict[s
         return Check(metric="load", outcome="fail", detail=f"{how} failed: {type(error).__name__}: {error}")
     expected = report.digests()
     wrong = sorted(n for n, t in loaded.items() if n in expected and expected[n] != tensor_digest(t))
-    missing = sorted(expected.keys() - loaded.keys()) if not report.tensors_truncated else []
+    missing = sorted(expected.keys() - loaded.keys())
     if wrong or missing:
         names = ", ".join(repr(n) for n in (wrong + missing)[:5])
         return Check(
@@ -428,7 +418,7 @@ def check_compatibility(request: CompatibilityInput, scratch: Path) -> Compatibi
             (open_store(local.parent.as_uri()), local.name) if local.is_file() else (open_store(local.as_uri()), "")
         )
         target = inspect_path(
-            source, path, progress=Heartbeat(f"compatibility {request.name}"), environment=environment
+            source, path, progress=Heartbeat(f"compatibility {request.name}"), environment=environment, limit=None
         )
     except CheckpointError as error:
         check = Check(metric="safety", outcome="fail", detail=f"the target copy cannot be read safely: {error}")

@@ -23,6 +23,7 @@ from activities.checkpoints.fetch import checkpoint_files
 from activities.checkpoints.layout import DCP_METADATA, Layout, check_shards, resolve, sniff
 from activities.checkpoints.models import (
     MAX_TENSORS_IN_RESULT,
+    MAX_VALUES_IN_RESULT,
     CheckpointInspection,
     DeviceFacts,
     FileInfo,
@@ -96,7 +97,8 @@ def _scan_file(store: Store, key: str, size: int, label: str, digests: bool,
 
 
 def inspect_path(store: Store, path: str, *, digests: bool = True, progress: Callable[[int], None] | None = None,
-                 environment: WorkerEnvironment | None = None) -> CheckpointInspection:  # fmt: skip
+                 environment: WorkerEnvironment | None = None,
+                 limit: int | None = MAX_TENSORS_IN_RESULT) -> CheckpointInspection:  # fmt: skip
     """Inspect the checkpoint at `path` (a file, a directory or prefix, a shard index or a DCP `.metadata`)."""
     directory, keys, _ = checkpoint_files(store, path)
     label = f"{store.url.rstrip('/')}/{directory}".rstrip("/")
@@ -127,7 +129,7 @@ def inspect_path(store: Store, path: str, *, digests: bool = True, progress: Cal
             check_shards(_weight_map(store, directory, layout, label), found, f"{label}/{layout.index}")
     for file in files:
         file.format = formats.get(file.key, "other")  # type: ignore[assignment]
-    return summarize(url, layout, files, scans, environment)
+    return summarize(url, layout, files, scans, environment, limit)
 
 
 def _weight_map(store: Store, directory: str, layout: Layout, label: str) -> dict[str, str]:
@@ -147,8 +149,15 @@ def _shard_plan(store: Store, directory: str, layout: Layout, label: str) -> lis
     return shards
 
 
-def summarize(label: str, layout: Layout, files: list[FileInfo], scans: list[FileScan],
-              environment: WorkerEnvironment | None) -> CheckpointInspection:  # fmt: skip
+def summarize(
+    label: str,
+    layout: Layout,
+    files: list[FileInfo],
+    scans: list[FileScan],
+    environment: WorkerEnvironment | None,
+    limit: int | None = MAX_TENSORS_IN_RESULT,
+) -> CheckpointInspection:
+    """Sum the per-file scans up; `limit` bounds the tensors listed (None: all, for use on the worker itself)."""
     tensors: list[TensorInfo] = sorted((t for s in scans for t in s.tensors), key=lambda t: t.name)
     values = sorted(v for s in scans for v in s.values)
     model = [t for t in tensors if t.category == "model" and t.dtype.startswith(("float", "bfloat"))]
@@ -174,16 +183,16 @@ def summarize(label: str, layout: Layout, files: list[FileInfo], scans: list[Fil
         url=label,
         format="dcp" if layout.kind == "dcp" else ("safetensors" if kinds == {"safetensors"} else "torch"),
         files=files,
-        tensors=tensors[:MAX_TENSORS_IN_RESULT],
+        tensors=tensors[:limit],
         tensors_total=len(tensors),
-        tensors_truncated=len(tensors) > MAX_TENSORS_IN_RESULT,
+        tensors_truncated=limit is not None and len(tensors) > limit,
         tensor_bytes=sum(t.bytes for t in tensors),
         parameters=sum(t.numel for t in model),
         parameter_bytes=sum(t.bytes for t in model),
         dtypes=dtypes,
         digest_root=digest_root((t.name, t.digest) for t in tensors),
         state=state,
-        values=values[:MAX_TENSORS_IN_RESULT],
+        values=values[:MAX_VALUES_IN_RESULT] if limit is not None else values,
         world_size=dcp.world_size if dcp else None,
         ranks=dcp.ranks if dcp else [],
         recorded=recorded,

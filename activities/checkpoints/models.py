@@ -15,9 +15,11 @@ from activities.stores import StoreSpec
 Format = Literal["torch", "safetensors", "dcp"]
 Category = Literal["model", "optimizer", "dataloader", "rng", "other"]
 
-#: At most this many tensors travel in an inspection result (workflow payloads stay small); the digest
-#: root still covers every tensor.
-MAX_TENSORS_IN_RESULT = 2000
+#: At most this many tensors (~260 bytes each as JSON) and non-tensor names travel in an inspection result,
+#: so it stays near the 256 KB payloads DESIGN asks for (a 7B model has ~300 tensors); the digest root still
+#: covers every tensor.
+MAX_TENSORS_IN_RESULT = 800
+MAX_VALUES_IN_RESULT = 200
 
 
 class TensorInfo(BaseModel):

@@ -78,11 +78,8 @@ def convert_local(source: Path, output: Path, kind: Conversion) -> None:
 
 
 def verify(converted: CheckpointInspection, expected: CheckpointInspection, label: str) -> int:
-    """Every converted tensor has the source's digest, and none is missing; returns tensors verified."""
-    if converted.tensors_truncated or expected.tensors_truncated:
-        if converted.digest_root != expected.digest_root:
-            raise ConversionMismatch(label, "converted tensors differ from the source (digest roots differ)")
-        return converted.tensors_total
+    """Every tensor the source lists has its digest after conversion, and the roots over all tensors are equal;
+    returns the tensors verified."""
     want, got = expected.digests(), converted.digests()
     missing = sorted(want.keys() - got.keys())
     if missing:
@@ -92,7 +89,9 @@ def verify(converted: CheckpointInspection, expected: CheckpointInspection, labe
         raise ConversionMismatch(
             label, f"{len(wrong)} tensors differ from the source after conversion, e.g. {wrong[0]!r}"
         )
-    return len(want)
+    if converted.digest_root != expected.digest_root:
+        raise ConversionMismatch(label, "converted tensors differ from the source's (digest roots differ)")
+    return converted.tensors_total
 
 
 def _upload(store: Store, output: Path, dest_path: str) -> int:
@@ -110,7 +109,7 @@ def convert(request: ConvertInput, scratch: Path) -> ConvertResult:
     store = open_store(request.store)
     local = fetch_checkpoint(store, request.source_path, scratch / "in")
     label = f"{store.url.rstrip('/')}/{request.source_path}"
-    before = inspect_path(*_local(local))  # the allowlist check, before torch sees any of it
+    before = inspect_path(*_local(local), limit=None)  # the allowlist check, before torch sees any of it
     output = scratch / ("out" if request.kind == "torch_to_dcp" else "out.bin")
     if request.kind == "dcp_to_torch" and before.format != "dcp":
         raise CheckpointError(label, f"dcp_to_torch needs a DCP checkpoint; this is {before.format}")
@@ -118,7 +117,7 @@ def convert(request: ConvertInput, scratch: Path) -> ConvertResult:
         raise CheckpointError(label, f"{request.kind} needs one torch file; this is {before.format}")
     convert_local(local, output, request.kind)
     dropped = before.values if request.kind == "torch_to_safetensors" else []
-    after = inspect_path(*_local(output))
+    after = inspect_path(*_local(output), limit=None)
     verified = verify(after, request.source or before, label)
     written = _upload(store, output, request.dest_path)
     return ConvertResult(kind=request.kind, source_url=label, dest_url=f"{store.url.rstrip('/')}/{request.dest_path}",

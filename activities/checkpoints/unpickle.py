@@ -257,7 +257,6 @@ SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
     ("builtins", "slice"): slice,
     ("_codecs", "encode"): _latin1_encode,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
@@ -360,15 +359,18 @@ def restricted_loads(data: bytes, label: str, *, storages: bool = False) -> tupl
 def _terminal(value: Any) -> bool:
     if isinstance(value, dict):
         return False
+    if isinstance(value, tuple):  # DCP pickles tuples whole; one holding tensors is still walked for them
+        return not any(isinstance(v, TensorRef) for v in value)
     if not isinstance(value, list):
         return True
     return not any(isinstance(v, TensorRef) or (isinstance(v, dict | list) and not _terminal(v)) for v in value)
 
 
 def walk(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Flatten nested state into (dotted name, leaf) exactly as DCP's `traverse_state_dict` does: mappings
-    always, lists only when they hold tensors or containers, tuples never. So a value has the same name in a
-    torch file and in the DCP checkpoint made from it."""
+    """Flatten nested state into (dotted name, leaf) as DCP's `traverse_state_dict` does: mappings always,
+    lists only when they hold tensors or containers, tuples only when they hold tensors (DCP would store
+    such a tuple as one opaque value). So a value has the same name in a torch file and in the DCP
+    checkpoint made from it."""
     out: list[tuple[str, Any]] = []
     stack: list[tuple[str, Any]] = [(prefix, value)]
     while stack:
