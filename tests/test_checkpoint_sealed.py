@@ -23,8 +23,19 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.aws import aws_client
+from activities.checkpoints.inspect import inspect_path
 from activities.checkpoints.kms import KeyRef
-from activities.checkpoints.sealed import OpenSealedInput, SealInput, SealResult, open_sealed, seal, seal_checkpoint
+from activities.checkpoints.sealed import (
+    OpenSealedInput,
+    RemoveSealedInput,
+    SealInput,
+    SealResult,
+    open_repository,
+    open_sealed,
+    remove_sealed,
+    seal,
+    seal_checkpoint,
+)
 from activities.stores import StoreSpec, open_store
 from activities.transfer.chunking import chunk_stream, params_for_size
 from tests import checkpoint_files as files
@@ -221,6 +232,17 @@ def test_local_key_file_seal_and_decrypt_from_the_cli(tmp_path, capsys):
     assert (tmp_path / "plain" / "model.pt").read_bytes() == model.read_bytes()
     assert blake3.blake3((tmp_path / "plain" / "config.json").read_bytes()).hexdigest() == blake3.blake3(
         b'{"width": 64}').hexdigest()  # fmt: skip
+
+    # Opened beside its repository, as a migration does: inspection reads the checkpoint, not sealed/;
+    # the compensation removes both.
+    opened = open_repository(OpenSealedInput(store=target, sealed_path="encoder", destination_path="encoder"))
+    report = inspect_path(open_store(target), "encoder")
+    assert {f.key for f in report.files} == {"model.pt", "config.json"} and report.format == "torch"
+    before = [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]
+    undo = RemoveSealedInput(store=target, sealed_path="encoder", written=opened.written)
+    assert ActivityEnvironment().run(remove_sealed, undo) == len(before) > len(opened.written) == 2
+    assert not [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]
+    seal(SealInput(name="encoder", source=source, source_path="encoder", target=target, target_path="encoder", key=key))
 
     other = json.loads(cli(["checkpoint", "keygen", str(tmp_path / "other.key"), "--json"], capsys)[1])["kms_key"]
     code, _, err = cli(["checkpoint", "decrypt", str(tmp_path / "dst" / "encoder"), str(tmp_path / "x"),

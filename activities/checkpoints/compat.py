@@ -20,7 +20,7 @@ from temporalio import activity
 
 from activities.assess import GPU_MEMORY_GB, SERVE_OVERHEAD, TRAIN_OVERHEAD
 from activities.checkpoints.errors import CheckpointError
-from activities.checkpoints.fetch import fetch_checkpoint
+from activities.checkpoints.fetch import fetch_checkpoint, local_location
 from activities.checkpoints.inspect import Heartbeat, inspect_path, worker_environment
 from activities.checkpoints.layout import resolve
 from activities.checkpoints.models import CheckpointInspection, DeviceFacts, WorkerEnvironment
@@ -414,9 +414,8 @@ def check_compatibility(request: CompatibilityInput, scratch: Path) -> Compatibi
     )
     try:
         local = fetch_checkpoint(store, request.path, scratch / "copy")
-        source, path = (
-            (open_store(local.parent.as_uri()), local.name) if local.is_file() else (open_store(local.as_uri()), "")
-        )
+        spec, path = local_location(local)
+        source = open_store(spec)
         target = inspect_path(
             source, path, progress=Heartbeat(f"compatibility {request.name}"), environment=environment, limit=None
         )

@@ -17,18 +17,25 @@ from activities.stores import Store, StoreSpec, join_key
 from activities.transfer.layout import user_objects
 
 
+def local_location(path: Path) -> tuple[StoreSpec, str]:
+    """(store, path in it) of a local file or directory: a file's store is its directory.
+
+    `file://` + the plain path, as LocalStore reads it (no percent-encoding)."""
+    path = path.resolve()
+    if path.is_file():
+        return StoreSpec(url=f"file://{path.parent}"), path.name
+    return StoreSpec(url=f"file://{path}"), ""
+
+
 def split_url(url: str) -> tuple[StoreSpec, str]:
     """(store, path in it) for file:///abs/path, s3://bucket/key, gs://bucket/key or a plain local path.
 
     Local: a file's store is its directory; a directory is its own store. Buckets: the store is the bucket.
     """
     if "://" not in url:
-        url = Path(url).resolve().as_uri()
+        return local_location(Path(url))
     if url.startswith("file://"):
-        local = Path(urlparse(url).path)
-        if local.is_file():
-            return StoreSpec(url=local.parent.as_uri()), local.name
-        return StoreSpec(url=local.as_uri()), ""
+        return local_location(Path(urlparse(url).path))
     parsed = urlparse(url)
     return StoreSpec(url=f"{parsed.scheme}://{parsed.netloc}"), parsed.path.strip("/")
 
@@ -45,10 +52,17 @@ def checkpoint_files(store: Store, path: str) -> tuple[str, dict[str, int], str 
         keys = {o.key[len(path) + 1 if path else 0 :]: o.size for o in user_objects(store, path)}
         return path, {k: v for k, v in keys.items() if "/" not in k}, None
     prefix = f"{path}/" if path else ""
-    keys = {o.key[len(prefix) :]: o.size for o in user_objects(store, path)}
+    keys = without_sealed({o.key[len(prefix) :]: o.size for o in user_objects(store, path)})
     if not keys:
         raise CheckpointError(f"{store.url.rstrip('/')}/{path}", "no checkpoint here: the path holds no objects")
     return path, keys, None
+
+
+def without_sealed(keys: dict[str, int]) -> dict[str, int]:
+    """A checkpoint's files without the sealed repository kept beside them (`sealed/`, see `sealed`)."""
+    if "sealed/config.json" not in keys:
+        return keys
+    return {k: v for k, v in keys.items() if not k.startswith("sealed/")}
 
 
 def fetch_checkpoint(store: Store, path: str, destination: Path) -> Path:

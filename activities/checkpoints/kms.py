@@ -15,7 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -89,7 +89,7 @@ def _kms_failure(ref: KeyRef, action: str, error: Exception) -> KmsError:
 
 
 def _master(ref: KeyRef) -> bytes:
-    path = Path(urlparse(ref.kms_key).path)
+    path = Path(unquote(urlparse(ref.kms_key).path))
     try:
         text = path.read_text().strip()
     except OSError as error:

@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.checkpoints.errors import CheckpointError
-from activities.checkpoints.fetch import fetch_checkpoint
+from activities.checkpoints.fetch import fetch_checkpoint, local_location
 from activities.checkpoints.inspect import as_activity_error, inspect_path
 from activities.checkpoints.models import CheckpointInspection
 from activities.errors import fail_fast_on_permanent_errors
@@ -54,9 +54,8 @@ class ConversionMismatch(CheckpointError):
 
 
 def _local(path: Path) -> tuple[Store, str]:
-    if path.is_file():
-        return open_store(path.parent.as_uri()), path.name
-    return open_store(path.as_uri()), ""
+    spec, key = local_location(path)
+    return open_store(spec), key
 
 
 def convert_local(source: Path, output: Path, kind: Conversion) -> None:

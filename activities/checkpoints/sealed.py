@@ -120,6 +120,16 @@ class OpenSealedResult(BaseModel):
     files: int
     bytes_written: int
     chunks_verified: int
+    written: list[str] = Field(default_factory=list, description="Destination keys written (for compensation)")
+
+
+class RemoveSealedInput(BaseModel):
+    """Undo of a seal/open: the repository under <path>/sealed/ and the plaintext keys open_sealed wrote."""
+
+    store: StoreSpec
+    sealed_path: str
+    destination: StoreSpec | None = None
+    written: list[str] = Field(default_factory=list)
 
 
 class _Keys:
@@ -326,11 +336,14 @@ def open_repository(request: OpenSealedInput, heartbeat=None) -> OpenSealedResul
                     raise TamperedError(
                         f"{index.key}: {plain.tell()} bytes from its chunks, the index says {index.size}"
                     )
+        written = []
         for number, index in enumerate(indexes):
-            destination.put_file(join_key(request.destination_path, index.key), Path(scratch) / str(number))
+            key = join_key(request.destination_path, index.key)
+            destination.put_file(key, Path(scratch) / str(number))
+            written.append(key)
     return OpenSealedResult(name=request.name, destination=f"{destination.url.rstrip('/')}/{request.destination_path}",
                             files=len(indexes), bytes_written=sum(i.size for i in indexes),
-                            chunks_verified=verified)  # fmt: skip
+                            chunks_verified=verified, written=written)  # fmt: skip
 
 
 def _activity_error(error: Exception) -> ApplicationError:
@@ -376,3 +389,18 @@ def open_sealed(request: OpenSealedInput) -> OpenSealedResult:
         if isinstance(error, KmsError) and not error.permanent:
             raise
         raise _activity_error(error) from None
+
+
+@activity.defn
+@fail_fast_on_permanent_errors
+def remove_sealed(request: RemoveSealedInput) -> int:
+    """Compensation: delete the sealed repository and the plaintext files opened from it (idempotent)."""
+    store = open_store(request.store)
+    destination = open_store(request.destination) if request.destination else store
+    removed = sum(destination.remove(key) for key in request.written)
+    root = join_key(request.sealed_path, SEALED_DIR)
+    for info in list(store.list(root)):
+        removed += store.remove(info.key)
+        if activity.in_activity() and removed % 256 == 0:
+            activity.heartbeat({"removed": removed})
+    return removed
