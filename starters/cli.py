@@ -124,6 +124,8 @@ async def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
         how = await operate.rollback(client, args.id, args.reason, args.by)
     except WorkflowUpdateFailedError as error:
         raise UsageError(f"rollback of {args.id} ignored: {getattr(error.cause, 'message', None) or error}") from None
+    except operate.AlreadyClosed as error:
+        raise UsageError(f"rollback ignored: {error}") from None
     note = "" if how == "accepted" else " (sent as a signal: this worker predates request_rollback)"
     emit(
         args,

@@ -22,6 +22,9 @@ from pydantic import BaseModel
 
 from skyshift.runtime import state_dir
 
+#: The search attributes MigrationWorkflow writes, as `temporal server start-dev --search-attribute` takes
+#: them. A copy of workflows.state.SEARCH_ATTRIBUTES kept here so `dev up` does not import the workflow
+#: models (and the activity modules behind them); tests/test_cli.py checks the two agree.
 SEARCH_ATTRIBUTES = {
     "SkyshiftPhase": "Keyword",
     "SkyshiftTrafficPercent": "Int",
@@ -154,6 +157,8 @@ def up() -> tuple[Stack, bool]:
     ]  # fmt: skip
     for name, kind in SEARCH_ATTRIBUTES.items():
         temporal += ["--search-attribute", f"{name}={kind}"]
+    if os.environ.get("SKYSHIFT_UI_CODEC_ENDPOINT"):  # `skyshift codec-server`: the UI shows decrypted payloads
+        temporal += ["--ui-codec-endpoint", os.environ["SKYSHIFT_UI_CODEC_ENDPOINT"]]
     services = [
         _spawn("temporal", temporal, temporal_port),
         _spawn("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], s3_port),

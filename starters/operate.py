@@ -44,6 +44,10 @@ class NoWorkerAnswered(ConnectionError):
     """A query or update timed out: no worker of the control queue picked it up in time."""
 
 
+class AlreadyClosed(ValueError):
+    """An operator message to a migration that has finished: nothing will act on it."""
+
+
 def migration_id(plan: MigrationPlan) -> str:
     return f"{plan.name}-{secrets.token_hex(3)}"
 
@@ -132,6 +136,9 @@ async def rollback(client: Client, workflow_id: str, reason: str, by: str) -> st
     fate the caller learns only from the audit log.
     """
     handle = client.get_workflow_handle(workflow_id)
+    description = await handle.describe(rpc_timeout=rpc_timeout())
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        raise AlreadyClosed(f"{workflow_id} has already finished ({description.status.name.lower()})")
     request = RollbackInput(reason=reason, by=by)
     try:
         await _bounded(

@@ -339,7 +339,7 @@ def plain_lines(frame: WatchFrame, previous: WatchFrame | None) -> list[str]:
     return lines
 
 
-async def watch(client: Client, workflow_id: str, mode: str, out=None) -> MigrationState | None:
+async def watch(client: Client, workflow_id: str, mode: str, out=None, console=None) -> MigrationState | None:
     """Follow until the migration closes; mode is "live" (rich screen), "plain" or "json". Returns the last state."""
     out = out or sys.stdout
     last: WatchFrame | None = None
@@ -348,7 +348,7 @@ async def watch(client: Client, workflow_id: str, mode: str, out=None) -> Migrat
         from rich.console import Console
         from rich.live import Live
 
-        console = Console(file=out)
+        console = console or Console(file=out)
 
         def draw():
             return screen(last, datetime.now(UTC)) if last else "waiting for the first event..."
@@ -359,6 +359,8 @@ async def watch(client: Client, workflow_id: str, mode: str, out=None) -> Migrat
         return state
     async for frame, current in follow(client, workflow_id):
         state = current
+        if last is not None and frame.key() == last.key():
+            continue  # a workflow task that changed nothing an operator sees
         if mode == "json":
             print(frame.at(datetime.now(UTC)).model_dump_json(), file=out, flush=True)
         else:

@@ -18,27 +18,28 @@ from starters.common import EXIT_OK, emit, with_client
 
 
 async def generate(client: Client, workflow_id: str, out_dir: Path):
-    """Write report.html and report.json under out_dir; return (report, html path, json path)."""
+    """Read the migration's record from Temporal and write its report; return (report, html, json)."""
     from starters import operate
-    from starters.report.build import build_report
     from starters.report.history import record
-    from starters.report.html import render_html
 
     recorded = await record(client, workflow_id)
     state = recorded.state or await operate.get_status(client, workflow_id)
+    return write_report(recorded, state, out_dir)
+
+
+def write_report(recorded, state, out_dir: Path):
+    """report.html and report.json under out_dir from a Recorded and its state; return (report, html, json)."""
+    from starters.report.build import build_report
+    from starters.report.html import render_html
+
     report = build_report(recorded, state)
-    html, data = _write(out_dir, render_html(report), report.model_dump_json(indent=2))
-    return report, html, data
-
-
-def _write(out_dir: Path, html: str, data: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = out_dir / "report.html", out_dir / "report.json"
-    for path, text in zip(paths, (html, data), strict=True):
+    for path, text in zip(paths, (render_html(report), report.model_dump_json(indent=2)), strict=True):
         temporary = path.with_suffix(path.suffix + ".tmp")
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)  # a reader never sees half a report
-    return paths
+    return report, *paths
 
 
 @with_client

@@ -40,7 +40,9 @@ STYLE = {
 
 def _svg(figure) -> str:
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    # No creation date or tool credits: the same record gives byte-identical plots.
+    figure.savefig(buffer, format="svg", bbox_inches="tight",
+                   metadata={"Date": None, "Creator": None, "Format": None, "Type": None})  # fmt: skip
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: inline SVG in HTML needs neither
@@ -129,7 +131,7 @@ def latency(report: Report) -> str | None:
     axis.set_xticks([w.index for w in windows], [f"{w.index}\n{w.stage}" for w in windows])
     axis.set_xlabel("cutover window (stage)")
     axis.set_ylabel("latency, ms")
-    axis.legend(frameon=False, loc="upper left", fontsize=8)
+    axis.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=8)
     return _svg(figure)
 
 
