@@ -18,14 +18,17 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from starters.common import EXIT_FAILED, EXIT_OK, with_client
-from workflows.plan import MigrationPlan
-from workflows.state import AuditEntry, MigrationInput, MigrationState
+
+if TYPE_CHECKING:  # the workflow models load with the command, not with the parser (`skyshift --help`)
+    from workflows.plan import MigrationPlan
+    from workflows.state import MigrationState
 
 #: Events after which the workflow's state may have changed, so `status` is worth asking again.
 STATE_EVENTS = {
@@ -71,6 +74,13 @@ class VerdictView(BaseModel):
     checks: list[CheckView]
 
 
+class AuditLine(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    detail: str = ""
+
+
 class WatchFrame(BaseModel):
     """What the screen shows; `--json` prints one per change. Times are absolute, countdowns derived."""
 
@@ -94,7 +104,7 @@ class WatchFrame(BaseModel):
     egress_cost_usd: float = 0
     outcome: str | None = None
     outcome_reason: str = ""
-    new_audit: list[AuditEntry] = Field(default_factory=list, description="Audit entries since the previous frame")
+    new_audit: list[AuditLine] = Field(default_factory=list, description="Audit entries since the previous frame")
     note: str | None = Field(None, description="e.g. no worker answered the status query")
     stage_left_s: float | None = None
     next_window_s: float | None = None
@@ -143,7 +153,7 @@ def build_frame(workflow_id: str, plan: MigrationPlan, state: MigrationState, st
         egress_cost_usd=state.egress_cost_usd,
         outcome=state.outcome,
         outcome_reason=state.outcome_reason,
-        new_audit=state.audit[seen_audit:],
+        new_audit=[AuditLine.model_validate(e.model_dump()) for e in state.audit[seen_audit:]],
         note=note,
     )
 
@@ -177,6 +187,7 @@ async def _events(client: Client, workflow_id: str, run_id: str | None, queue: a
 async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchFrame, MigrationState]]:
     """(frame, state) as the migration moves, until it closes. The first is the current state."""
     from starters import operate
+    from workflows.state import MigrationInput, MigrationState
 
     plan: MigrationPlan | None = None
     timers: dict[str, Timer] = {}

@@ -236,16 +236,24 @@ def test_worker_drains_and_exits_0_on_sigterm(client):
     assert "draining" in worker.stderr.read()
 
 
-def test_commands_that_only_talk_to_temporal_do_not_import_torch():
-    """Start-up matters for a CLI: parsing and the operator modules stay clear of torch."""
-    probe = (
-        "import sys; import starters.cli, starters.operate, starters.render, starters.watch, starters.report; "
-        "starters.cli.build_parser(); print('torch' in sys.modules)"
-    )
+def imports_torch(code: str) -> tuple[bool, str]:
+    probe = f"import sys; {code}; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-X", "importtime", "-c", probe], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    if run.stdout.strip() == "True":
-        chain = torch_importer(run.stderr)
+    return run.stdout.strip() == "True", run.stderr
+
+
+def test_the_parser_does_not_import_torch():
+    """`skyshift --help` and every command's parsing: no torch, no workflow models, no matplotlib."""
+    pulled, importtime = imports_torch("import starters.cli; starters.cli.build_parser()")
+    assert not pulled, " <- ".join(torch_importer(importtime))
+
+
+def test_commands_that_only_talk_to_temporal_do_not_import_torch():
+    """Start-up matters for a CLI: the operator modules (status, approve, watch, report) stay clear of torch."""
+    pulled, importtime = imports_torch("import starters.operate, starters.render, starters.watch, starters.report")
+    if pulled:
+        chain = torch_importer(importtime)
         message = f"torch is imported at CLI start-up through: {' <- '.join(chain)}"
         # Through the workflow models' imports of activity modules: to be fixed at the source (activities/).
         if chain[1].startswith("activities.") and all(m.startswith(("activities.", "workflows.")) for m in chain[1:-1]):
