@@ -290,6 +290,13 @@ def test_compare_names_one_changed_element_and_calls_a_bf16_copy_within_toleranc
     diff = compare_tensors(smaller, state)
     assert (diff.only_in_a, diff.only_in_b, diff.shape_changed) == (1, 1, 1) and diff.tensors[0].name == "embed.weight"
 
+    # NaNs in the same place and equal infinities are equal; an unmatched NaN or infinity always differs.
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([1.0, nan, inf, 2.0, 0.0, -inf, 5.0])
+    y = torch.tensor([1.0, nan, inf, 2.5, 1e-9, inf, nan])
+    (only,) = compare_tensors({"x": x}, {"x": y}).tensors
+    assert only.status == "different" and only.differing_elements == 3  # 2 vs 2.5, -inf vs inf, 5 vs nan
+
 
 def test_a_cuda_saved_checkpoint_needs_map_location_on_a_cpu_target_and_loads_with_it(tmp_path):
     path = files.cuda_saved(tmp_path / "gpu" / "model.pt", files.model_state())
