@@ -107,10 +107,11 @@ class JobTolerances(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     floor_margin: float = Field(
-        1.0,
+        2.0,
         ge=0,
-        description="Target-vs-source divergence may reach the source-vs-source floor x (1 + margin); "
-        "1.0: twice the noise two source runs show",
+        description="Target-vs-source divergence may reach the source-vs-source floor x (1 + margin). 2.0: three "
+        "times the noise two source runs show (the largest difference over a run of two noisy runs varies: "
+        "measured over 336 triples of the example job, target/floor exceeded 2x in 2.1% and never 3x)",
     )
     metric_tolerance: float = Field(
         1e-5,
