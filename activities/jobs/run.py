@@ -193,7 +193,7 @@ def _tail(path: Path, lines: int) -> list[str]:
     with open(path, "rb") as stream:
         stream.seek(max(0, path.stat().st_size - 64 * 1024))
         text = stream.read().decode(errors="replace")
-    return [line for line in text.splitlines() if line.strip()][-lines:]
+    return [line[-500:] for line in text.splitlines() if line.strip()][-lines:]  # history stays small
 
 
 def _rate(records: list[dict]) -> float | None:
