@@ -50,13 +50,15 @@ class CodeRootInput(BaseModel):
     prefix: str
 
 
-def _hash_stream(stream, sink=None) -> tuple[str, int]:
+def _hash_stream(stream, sink=None, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
     hasher, size = blake3.blake3(), 0
     while block := stream.read(_BLOCK):
         hasher.update(block)
         size += len(block)
         if sink is not None:
             sink.write(block)
+        if progress is not None and size % (64 * _BLOCK) < len(block):
+            progress(size)  # every 64 MiB: a large object must not outlast the heartbeat timeout
     return hasher.hexdigest(), size
 
 
@@ -164,7 +166,7 @@ def dataset_path(store: Store, path: str, cache_root: Path, on_object: Callable[
                 continue
             if on_object is not None:
                 on_object(info.key)  # long downloads heartbeat
-            _download_verified(store, info, local)
+            _download_verified(store, info, local, on_object)
             index[relative] = {"etag": info.etag, "size": info.size}
         keep = {safe_key(i.key[len(path) :].lstrip("/")) for i in listed}
         for stale in set(index) - keep:
@@ -174,12 +176,15 @@ def dataset_path(store: Store, path: str, cache_root: Path, on_object: Callable[
     return directory
 
 
-def _download_verified(store: Store, info: ObjectInfo, local: Path) -> None:
+def _download_verified(
+    store: Store, info: ObjectInfo, local: Path, on_object: Callable[[str], None] | None = None
+) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=".skyshift-tmp-", dir=local.parent)
     try:
         with os.fdopen(fd, "wb") as out, store.open_read(info.key) as stream:
-            _, size = _hash_stream(stream, out)
+            beat = (lambda done: on_object(f"{info.key} ({done >> 20} MiB)")) if on_object else None
+            _, size = _hash_stream(stream, out, beat)
         if size != info.size:
             raise ApplicationError(f"{store.url}/{info.key}: read {size} bytes, listed {info.size}")
         manifest = load_manifest(store, info)
