@@ -413,7 +413,7 @@ def check_compatibility(request: CompatibilityInput, scratch: Path) -> Compatibi
         target_world_size=world,
     )
     try:
-        local = fetch_checkpoint(store, request.path, scratch / "copy")
+        local = fetch_checkpoint(store, request.path, scratch / "copy", Heartbeat(f"fetch {request.name}"))
         spec, path = local_location(local)
         source = open_store(spec)
         target = inspect_path(

@@ -7,12 +7,13 @@ streamed to disk in bounded pieces, never holding a shard in memory.
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 from activities.checkpoints.errors import CheckpointError
 from activities.checkpoints.layout import DCP_METADATA, INDEX_SUFFIX
+from activities.checkpoints.ranged import stream_range
 from activities.stores import Store, StoreSpec, join_key
 from activities.transfer.layout import user_objects
 
@@ -65,13 +66,14 @@ def without_sealed(keys: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in keys.items() if not k.startswith("sealed/")}
 
 
-def fetch_checkpoint(store: Store, path: str, destination: Path) -> Path:
+def fetch_checkpoint(store: Store, path: str, destination: Path, progress: Callable[[int], None] | None = None) -> Path:
     """Copy the checkpoint at `path` under `destination`; return the local file or directory to load."""
     directory, keys, single = checkpoint_files(store, path)
     destination.mkdir(parents=True, exist_ok=True)
     for key in sorted(keys):
         local = destination / key
         local.parent.mkdir(parents=True, exist_ok=True)
-        with store.open_read(join_key(directory, key) if directory else key) as source, open(local, "wb") as out:
-            shutil.copyfileobj(source, out, 8 << 20)
+        with open(local, "wb") as out:
+            for _, piece in stream_range(store, join_key(directory, key) if directory else key, 0, keys[key], progress):
+                out.write(piece)
     return destination / single if single else destination

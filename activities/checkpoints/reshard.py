@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.checkpoints.errors import CheckpointError
 from activities.checkpoints.fetch import fetch_checkpoint, local_location
-from activities.checkpoints.inspect import as_activity_error, inspect_path
+from activities.checkpoints.inspect import Heartbeat, as_activity_error, inspect_path
 from activities.checkpoints.models import CheckpointInspection
 from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import Store, StoreSpec, join_key, open_store
@@ -105,10 +105,13 @@ def _upload(store: Store, output: Path, dest_path: str) -> int:
 
 
 def convert(request: ConvertInput, scratch: Path) -> ConvertResult:
+    """Fetch, check, convert, verify, upload. torch's converters cannot report progress: give the activity a
+    heartbeat timeout longer than one conversion, or none."""
     store = open_store(request.store)
-    local = fetch_checkpoint(store, request.source_path, scratch / "in")
+    beat = Heartbeat(f"{request.kind} {request.source_path}")
+    local = fetch_checkpoint(store, request.source_path, scratch / "in", beat)
     label = f"{store.url.rstrip('/')}/{request.source_path}"
-    before = inspect_path(*_local(local), limit=None)  # the allowlist check, before torch sees any of it
+    before = inspect_path(*_local(local), limit=None, progress=beat)  # the allowlist check, before torch sees it
     output = scratch / ("out" if request.kind == "torch_to_dcp" else "out.bin")
     if request.kind == "dcp_to_torch" and before.format != "dcp":
         raise CheckpointError(label, f"dcp_to_torch needs a DCP checkpoint; this is {before.format}")
@@ -116,7 +119,7 @@ def convert(request: ConvertInput, scratch: Path) -> ConvertResult:
         raise CheckpointError(label, f"{request.kind} needs one torch file; this is {before.format}")
     convert_local(local, output, request.kind)
     dropped = before.values if request.kind == "torch_to_safetensors" else []
-    after = inspect_path(*_local(output), limit=None)
+    after = inspect_path(*_local(output), limit=None, progress=beat)
     verified = verify(after, request.source or before, label)
     written = _upload(store, output, request.dest_path)
     return ConvertResult(kind=request.kind, source_url=label, dest_url=f"{store.url.rstrip('/')}/{request.dest_path}",
