@@ -61,16 +61,16 @@ def load_stack_env() -> dict[str, str]:
 
 
 def temporal_address() -> str:
-    return os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    return os.environ.get("TEMPORAL_ADDRESS") or "127.0.0.1:7233"
 
 
 def temporal_namespace() -> str:
-    return os.environ.get("TEMPORAL_NAMESPACE", "default")
+    return os.environ.get("TEMPORAL_NAMESPACE") or "default"
 
 
 def temporal_ui() -> str:
     """The Temporal UI's base URL: `TEMPORAL_UI` (written by `skyshift dev up`), else the dev server default."""
-    return os.environ.get("TEMPORAL_UI", "http://127.0.0.1:8233").rstrip("/")
+    return (os.environ.get("TEMPORAL_UI") or "http://127.0.0.1:8233").rstrip("/")
 
 
 def ui_link(workflow_id: str) -> str:

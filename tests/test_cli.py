@@ -276,3 +276,15 @@ def torch_importer(importtime: str) -> list[str]:
             chain.append(name)
             depth = level
     return chain
+
+
+def test_ui_links_come_from_the_stack_that_runs(monkeypatch, tmp_path):
+    """`dev up` writes TEMPORAL_UI to .skyshift/env; every link printed after that uses it."""
+    from skyshift.runtime import load_stack_env, ui_link
+
+    monkeypatch.setenv("SKYSHIFT_HOME", str(tmp_path))
+    monkeypatch.setenv("TEMPORAL_UI", "")  # unset for the command, restored after the test
+    (tmp_path / "env").write_text("TEMPORAL_UI=http://10.1.2.3:18233\nTEMPORAL_NAMESPACE=migrations\n")
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "")
+    load_stack_env()
+    assert ui_link("llama-1") == "http://10.1.2.3:18233/namespaces/migrations/workflows/llama-1"

@@ -370,13 +370,22 @@ RISKS: tuple[Callable[[Recorded, MigrationState], Risk], ...] = (
 # -- series ---------------------------------------------------------------------------------------
 
 
+def _seeded_training(result: dict, plan: MigrationPlan) -> list[Curve]:
+    env = result.get("environment", "")
+    arm = {plan.source: "source", plan.target: "target"}.get(env, env)
+    return [Curve(arm=arm, environment=env, values=result.get("losses", []))]
+
+
+#: Activities whose results carry loss curves, and how to read them: one row per kind of job.
+CURVE_ACTIVITIES: dict[str, Callable[[dict, MigrationPlan], list[Curve]]] = {"train_seeded": _seeded_training}
+
+
 def series(recorded: Recorded, state: MigrationState) -> Series:
     plan = recorded.plan
     out = Series()
-    arms = {plan.source: "source", plan.target: "target"}
-    for run in recorded.results("train_seeded"):
-        env = run.result.get("environment", "")
-        out.loss_curves.append(Curve(arm=arms.get(env, env), environment=env, values=run.result.get("losses", [])))
+    for activity, curves in CURVE_ACTIVITIES.items():
+        for run in recorded.results(activity):
+            out.loss_curves += curves(run.result, plan)
     for side, results in (("source", state.poc.source_bench), ("target", state.poc.target_bench)):
         for result in results:
             for i, trial in enumerate(result.trials):
