@@ -18,7 +18,7 @@ import torch
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.checkpoints.compare import compare_tensors, load_tensors
+from activities.checkpoints.compare import compare_tensors, load_tensors, load_tensors_from_bytes
 from activities.checkpoints.compat import CompatibilityInput, checkpoint_compatibility, memory_check
 from activities.checkpoints.errors import MalformedCheckpointError, UnsafeCheckpointError
 from activities.checkpoints.inspect import inspect_checkpoint, inspect_path
@@ -223,6 +223,8 @@ def test_a_pickle_that_would_run_code_is_refused_everywhere(evil, tmp_path, gcs_
     assert code == 2 and str(evil_file) in out + err
     with pytest.raises(UnsafeCheckpointError):
         load_tensors(evil_file)
+    with pytest.raises(UnsafeCheckpointError):  # what the endpoint loads its state dict with
+        load_tensors_from_bytes(evil_file.read_bytes(), "ckpt.pt")
 
     # Synced by the delta engine (bytes, never unpickled), then judged on the target: refused there too.
     totals, _ = sync(evil_file.parent.as_uri(), f"gs://{gcs_bucket}/ckpt")
@@ -274,6 +276,10 @@ def test_compare_names_one_changed_element_and_calls_a_bf16_copy_within_toleranc
 
     bf16 = files.safetensors_file(tmp_path / "bf16.safetensors", {k: v.to(torch.bfloat16) if v.is_floating_point()
                                                                   else v for k, v in state.items()})  # fmt: skip
+    from_bytes = {name: load_tensors_from_bytes(p.read_bytes(), p.name) for name, p in (("a", a), ("bf16", bf16))}
+    assert compare_tensors(from_bytes["a"], load_tensors(a)).outcome == "identical"
+    assert compare_tensors(from_bytes["bf16"], load_tensors(bf16)).outcome == "identical"
+
     code, out, _ = cli(["checkpoint", "compare", str(bf16), str(a), "--json"], capsys)
     result = json.loads(out)
     changed = {t["name"]: t for t in result["tensors"] if t["dtype_changed"]}

@@ -31,6 +31,7 @@ __all__ = [
     "TensorDiff",
     "compare_tensors",
     "load_tensors",
+    "load_tensors_from_bytes",
     "tensor_digest",
 ]
 
@@ -215,6 +216,31 @@ def _load_sharded(directory: Path, index: str) -> dict[str, torch.Tensor]:
         tensors.update(loaded)
     check_shards(weight_map, found, label)
     return tensors
+
+
+def load_tensors_from_bytes(blob: bytes, label: str) -> dict[str, torch.Tensor]:
+    """The tensors of one torch or safetensors file held in memory, by dotted name, without executing it:
+    what an endpoint or a training job should load a state dict with (`model.load_state_dict(...)`)."""
+    from activities.checkpoints import safetensors_format, torch_format
+
+    kind = sniff(blob[:16])
+    if kind == "torch":
+        return torch_format.load_bytes(blob, label)[0]
+    if kind == "safetensors":
+        import torch
+
+        header = safetensors_format.parse_header(lambda start, end: blob[start:end], len(blob), label)
+        data = memoryview(blob)
+        return {
+            e.name: torch.frombuffer(bytearray(data[e.start : e.end]), dtype=torch.uint8)
+            .view(getattr(torch, e.dtype))
+            .reshape(e.shape)
+            if e.end > e.start
+            else torch.empty(e.shape, dtype=getattr(torch, e.dtype))
+            for e in header.entries
+        }
+    torch_format.check_head(blob[:16], label)
+    raise MalformedCheckpointError(label, "unrecognised file")
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
