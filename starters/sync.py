@@ -2,6 +2,12 @@
 
 Runs through Temporal (progress, retries and resumption are the workflow's), against the server
 in TEMPORAL_ADDRESS / .skyshift/env, or the embedded stack started on demand.
+
+The workflow id and task queue derive from the source, the target and the options, so running the
+same command again after a crash *adopts* the sync that was running: the new process serves its
+queue, the killed attempt's activity times out on its heartbeat and resumes here from the upload
+records and this machine's manifest cache. A sync nobody adopts fails after `--abandon-after`
+seconds instead of staying Running forever (its uploads stay resumable by a later run).
 """
 
 from __future__ import annotations
@@ -10,20 +16,27 @@ import argparse
 import asyncio
 import logging
 import os
-import secrets
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
+import blake3
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 
 from activities.pricing import default_egress_price
 from activities.stores import StoreSpec
-from activities.transfer.sync import apply_range, fingerprint_range
-from starters.common import EXIT_FAILED, EXIT_OK, UsageError, emit, with_client
+from activities.stores.base import overlap
+from activities.transfer.sync import apply_batch, check_source, fingerprint_batch, finish_sync
+from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, with_client
 from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
+
+#: Heartbeats of a CLI sync: short, so a rerun after a SIGKILL resumes within seconds.
+CLI_HEARTBEAT_S = 15
 
 
 def ensure_temporal() -> None:
@@ -39,32 +52,94 @@ def ensure_temporal() -> None:
         print("started the embedded stack for this sync (`skyshift dev down` stops it)", file=sys.stderr)
 
 
-async def run_sync(client: Client, source: StoreSpec, target: StoreSpec, *, dry_run: bool, delete: bool,
-                   egress_price: float | None, show_progress: bool) -> tuple[SyncResult, float]:  # fmt: skip
-    queue = f"skyshift.sync-{secrets.token_hex(4)}"
+def sync_id(request: SyncInput) -> str:
+    """The same command names the same sync: what a rerun adopts."""
+    parts = [request.source.url, request.source.endpoint, request.target.url, request.target.endpoint,
+             request.path, request.delete, request.dry_run]  # fmt: skip
+    identity = "|".join(str(part or "") for part in parts)
+    return f"sync-{blake3.blake3(identity.encode()).hexdigest()[:20]}"
+
+
+def parse_max_delete(text: str | None) -> tuple[int | None, float | None]:
+    """`--max-delete 500` (objects) or `--max-delete 25%` (of the target's objects); default 10%."""
+    if text is None:
+        return None, 10.0
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*", text)
+    if not match or (match.group(2) and float(match.group(1)) > 100) or (not match.group(2) and "." in text):
+        raise UsageError(f"--max-delete: {text!r} is not a count (e.g. 500) or a percentage (e.g. 25%)")
+    return (None, float(match.group(1))) if match.group(2) else (int(match.group(1)), None)
+
+
+async def _progress(handle: WorkflowHandle, started: float) -> str:
+    """One line from the workflow's totals plus the heartbeats of the batches in flight."""
+    progress = await handle.query(DatasetSyncWorkflow.progress)
+    totals = progress.totals
+    changed, sent = totals.objects_changed, totals.bytes_transferred
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.heartbeat_details.payloads:
+            details = await handle._client.data_converter.decode(pending.heartbeat_details.payloads)
+            if details and isinstance(details[-1], dict):
+                changed += details[-1].get("objects_changed", 0)
+                sent += details[-1].get("bytes", 0)
+    elapsed = max(time.monotonic() - started, 1e-3)
+    return (f"{progress.batches} ranges fingerprinted, {totals.objects_total} objects checked, {changed} written, "
+            f"{sent / 1e6:,.1f} MB sent ({sent / 1e6 / elapsed:,.1f} MB/s)")  # fmt: skip
+
+
+async def run_sync(client: Client, request: SyncInput, *, show_progress: bool,
+                   abandon_after_s: int = 120) -> tuple[SyncResult, float]:  # fmt: skip
+    workflow_id = sync_id(request)
+    queue = f"skyshift.{workflow_id}"
+    request = request.model_copy(
+        update={
+            "source_queue": queue,
+            "target_queue": queue,
+            "heartbeat_timeout_s": CLI_HEARTBEAT_S,
+            "abandon_after_s": abandon_after_s,
+        }
+    )
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=8) as executor:
+    with ThreadPoolExecutor(max_workers=16) as executor:
         worker = Worker(client, task_queue=queue, workflows=[DatasetSyncWorkflow],
-                        activities=[fingerprint_range, apply_range], activity_executor=executor)  # fmt: skip
+                        activities=[check_source, fingerprint_batch, apply_batch, finish_sync],
+                        activity_executor=executor, max_concurrent_activities=16,
+                        max_heartbeat_throttle_interval=timedelta(seconds=3))  # fmt: skip
         async with worker:
             handle = await client.start_workflow(
-                DatasetSyncWorkflow.run,
-                SyncInput(source=source, target=target, source_queue=queue, target_queue=queue, delete=delete,
-                          dry_run=dry_run,
-                          egress_per_gb_usd=default_egress_price(source.url) if egress_price is None else egress_price),
-                id=f"sync-{secrets.token_hex(4)}",
-                task_queue=queue,
-                static_summary=f"sync {source.url} → {target.url}{' (dry run)' if dry_run else ''}",
+                DatasetSyncWorkflow.run, request, id=workflow_id, task_queue=queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=f"sync {request.source.url} → {request.target.url}" + (" (dry run)" * request.dry_run),
             )  # fmt: skip
             result_task = asyncio.ensure_future(handle.result())
+            live = _Live(enabled=show_progress)
             while not result_task.done():
-                await asyncio.wait([result_task], timeout=1.0)
-                if show_progress and not result_task.done():
-                    progress = await handle.query(DatasetSyncWorkflow.progress)
-                    t = progress.totals
-                    print(f"  {t.objects_total} objects checked, {t.objects_changed} changed, "
-                          f"{t.bytes_transferred / 1e6:,.1f} MB sent so far", file=sys.stderr)  # fmt: skip
+                await asyncio.wait([result_task], timeout=0.5)
+                if live.enabled and not result_task.done():
+                    live.show(await _progress(handle, started))
+            live.close()
             return result_task.result(), time.monotonic() - started
+
+
+class _Live:
+    """A progress line that redraws in place on a terminal (rich), or nothing when piped."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.status = None
+        if self.enabled:
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status("starting")
+            self.status.start()
+
+    def show(self, line: str) -> None:
+        if self.status is not None:
+            self.status.update(line)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
 
 
 def result_json(result: SyncResult, seconds: float) -> dict:
@@ -76,6 +151,8 @@ def result_json(result: SyncResult, seconds: float) -> dict:
         "objects_total": t.objects_total,
         "objects_changed": t.objects_changed,
         "objects_deleted": t.objects_deleted,
+        "objects_skipped": t.objects_skipped,
+        "objects_verified": t.objects_verified,
         "bytes_total": t.bytes_total,
         "bytes_transferred": t.bytes_transferred,
         "chunks_total": t.chunks_total,
@@ -86,7 +163,30 @@ def result_json(result: SyncResult, seconds: float) -> dict:
         "fingerprint_bytes_read": result.fingerprint_bytes_read,
         "seconds": round(seconds, 3),
         "verified": result.verified,
+        "skipped": [s.model_dump() for s in result.skipped],
+        "changed": result.changed,
+        "deletable": result.deletable,
+        "deletable_examples": result.deletable_examples,
     }
+
+
+def _text(result: SyncResult, payload: dict, seconds: float) -> str:
+    verb = "would send" if result.dry_run else "sent"
+    lines = [
+        f"{payload['objects_changed']}/{payload['objects_total']} objects changed; {verb} "
+        f"{payload['chunks_transferred']}/{payload['chunks_total']} chunks, "
+        f"{payload['bytes_transferred'] / 1e6:,.1f} MB of {payload['bytes_total'] / 1e6:,.1f} MB "
+        f"(egress ${payload['egress_cost_usd']:.4f}) in {seconds:.1f}s"
+        + ("" if result.dry_run else f"; {payload['objects_verified']} objects verified against the source's root")
+    ]
+    if result.dry_run:
+        lines += [f"  would write  {key}" for key in result.changed]
+        if result.deletable:
+            lines += [f"  would delete {key}" for key in result.deletable_examples]
+            lines.append(f"  {result.deletable} objects would be deleted (with --delete)")
+    elif result.totals.objects_deleted:
+        lines.append(f"deleted {result.totals.objects_deleted} objects the source no longer has")
+    return "\n".join(lines)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -97,40 +197,62 @@ def cmd_sync(args: argparse.Namespace) -> int:
         except ValidationError as error:
             raise UsageError(f"sync {name}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     source, target = specs
+    if (why := overlap(source, target)) is not None:
+        raise UsageError(f"sync: source and target overlap ({why}); a sync into itself would copy without end "
+                         "or delete its own source")  # fmt: skip
+    max_delete, max_delete_percent = parse_max_delete(args.max_delete)
+    if (args.max_delete or args.force) and not args.delete:
+        raise UsageError("--max-delete and --force only apply with --delete")
+    egress = default_egress_price(source.url) if args.egress_price is None else args.egress_price
+    request = SyncInput(source=source, target=target, source_queue="", target_queue="", delete=args.delete,
+                        dry_run=args.dry_run, egress_per_gb_usd=egress, window=args.window, max_delete=max_delete,
+                        max_delete_percent=max_delete_percent, force_delete=args.force)  # fmt: skip
     ensure_temporal()
     # The in-process worker logs each failed attempt with a traceback; the CLI reports the cause itself.
-    logging.getLogger("temporalio").setLevel(logging.ERROR)
+    logging.getLogger("temporalio").setLevel(logging.CRITICAL)
 
     async def go(args: argparse.Namespace, client: Client) -> int:
         try:
-            result, seconds = await run_sync(client, source, target, dry_run=args.dry_run, delete=args.delete,
-                                             egress_price=args.egress_price, show_progress=not args.json)  # fmt: skip
+            result, seconds = await run_sync(client, request, show_progress=not args.json,
+                                             abandon_after_s=args.abandon_after)  # fmt: skip
         except WorkflowFailureError as error:
             cause = error.cause
             while getattr(cause, "cause", None) is not None:
                 cause = cause.cause
-            print(f"skyshift: sync failed: {getattr(cause, 'message', cause)}", file=sys.stderr)
-            return EXIT_FAILED
+            message = getattr(cause, "message", None) or str(cause)
+            if args.json:
+                print(__import__("json").dumps({"error": message, "source": source.url, "target": target.url}))
+            print(f"skyshift: sync failed: {message}", file=sys.stderr)
+            return EXIT_INVALID if getattr(cause, "type", "") == "DeleteBoundExceeded" else EXIT_FAILED
         payload = result_json(result, seconds)
-        verb = "would send" if args.dry_run else "sent"
-        text = (
-            f"{payload['objects_changed']}/{payload['objects_total']} objects changed; {verb} "
-            f"{payload['chunks_transferred']}/{payload['chunks_total']} chunks, "
-            f"{payload['bytes_transferred'] / 1e6:,.1f} MB of {payload['bytes_total'] / 1e6:,.1f} MB "
-            f"(egress ${payload['egress_cost_usd']:.4f}) in {seconds:.1f}s"
-        )
-        emit(args, payload, text + ("" if args.dry_run else "; every chunk BLAKE3-verified"))
+        emit(args, payload, _text(result, payload, seconds))
+        if result.totals.objects_skipped:
+            print(f"skyshift: {result.totals.objects_skipped} objects were not synced:", file=sys.stderr)
+            for skipped in result.skipped:
+                print(f"  {skipped.key!r}: {skipped.reason}", file=sys.stderr)
+            return EXIT_FAILED
         return EXIT_OK
 
     return with_client(go)(args)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    sync = sub.add_parser("sync", help="delta-sync SRC to DST: only changed chunks cross (file://, s3://, gs://)")
+    sync = sub.add_parser(
+        "sync", help="delta-sync SRC to DST: only changed chunks cross (file://, s3://, gs://)",
+        description="Make DST equal to SRC. Only chunks DST lacks cross; every object is verified against the "
+        "source's BLAKE3 root before it is committed. SRC is only read. Rerunning the same command resumes it.",
+    )  # fmt: skip
     sync.set_defaults(handler=cmd_sync)
     sync.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    sync.add_argument("src")
-    sync.add_argument("dst")
-    sync.add_argument("--dry-run", action="store_true", help="report what would move and its cost; move nothing")
-    sync.add_argument("--delete", action="store_true", help="delete target objects missing at the source")
+    sync.add_argument("src", help="file:///path, s3://bucket/prefix or gs://bucket/prefix (read only)")
+    sync.add_argument("dst", help="file:///path, s3://bucket/prefix or gs://bucket/prefix")
+    sync.add_argument("--dry-run", action="store_true", help="list what would be written and deleted; move nothing")
+    sync.add_argument("--delete", action="store_true", help="delete target objects missing at the source (last)")
+    sync.add_argument("--max-delete", metavar="LIMIT",
+                      help="with --delete: refuse to delete more than LIMIT objects (500) or share of the target "
+                      "(25%%); default 10%%")  # fmt: skip
+    sync.add_argument("--force", action="store_true", help="with --delete: delete beyond the --max-delete bound")
     sync.add_argument("--egress-price", type=float, help="USD per GB leaving the source (default: provider list price)")
+    sync.add_argument("--window", type=int, default=4, help="key ranges applied at once (default 4)")
+    sync.add_argument("--abandon-after", type=int, default=120, metavar="SECONDS",
+                      help="a sync whose worker died fails after this long without one (default 120)")  # fmt: skip

@@ -12,7 +12,7 @@ from activities.stores import StoreSpec, open_store
 from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
 from activities.transfer.ledger import LedgerInput, ledger_key, remove_created
 from activities.transfer.manifest import fingerprint
-from tests.engine import sync
+from tests.engine import sync, sync_batches
 from tests.helpers import seed
 
 pytestmark = pytest.mark.stack
@@ -69,17 +69,29 @@ def test_delete_only_when_asked(tmp_path):
     assert removed.objects_deleted == 1 and "datasets/corpus/part-001.bin" not in user_keys(target)
 
 
-def test_compensation_removes_only_what_the_sync_created_and_is_idempotent(tmp_path):
-    source, target = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
-    seed(source)
-    open_store(target).put_bytes("datasets/corpus/part-000.bin", b"pre-existing, different")
+@pytest.mark.parametrize("kind", ["local", "s3", "gcs"])
+def test_compensation_restores_overwritten_objects_and_deletes_created_ones(kind, tmp_path, s3_bucket, gcs_bucket):
+    source = f"file://{tmp_path}/src"
+    target = {"local": f"file://{tmp_path}/dst", "s3": f"s3://{s3_bucket}/ml", "gcs": f"gs://{gcs_bucket}/ml"}[kind]
+    written = seed(source)
+    before = {"datasets/corpus/part-000.bin": b"the target had these bytes before the migration",
+              "datasets/corpus/unrelated.bin": b"never touched"}  # fmt: skip
+    for key, data in before.items():
+        open_store(target).put_bytes(key, data)
     ledger = ledger_key("m1", "corpus")
-    sync(source, target, "datasets/corpus", ledger_key=ledger)
+    sync(source, target, "datasets/corpus", ledger_key=ledger)  # the POC copy: creates 3, overwrites part-000
+    assert open_store(target).read_bytes("datasets/corpus/part-000.bin") == written["datasets/corpus/part-000.bin"]
+    open_store(source).put_bytes("datasets/corpus/part-001.bin", b"rewritten at the source during cutover")
+    sync(source, target, "datasets/corpus", ledger_key=ledger)  # the final sync overwrites a key the POC created
+
     undo = LedgerInput(target=StoreSpec(url=target), ledger_key=ledger)
     env = ActivityEnvironment()
-    assert env.run(remove_created, undo) == 3  # part-001..003; part-000 existed before
-    assert env.run(remove_created, undo) == 0
-    assert user_keys(target) == ["datasets/corpus/part-000.bin"]
+    first = env.run(remove_created, undo)
+    assert (first.deleted, first.restored, first.entries) == (3, 2, 2)
+    assert env.run(remove_created, undo).entries == 0, "a retried compensation finds nothing left to undo"
+    after = {key: open_store(target).read_bytes(key) for key in user_keys(target)}
+    assert after == before, "rollback must leave the target byte-identical to before the migration"
+    assert [o.key for o in open_store(target).metadata.list("backup")] == [], "backups are dropped once restored"
 
 
 def _archive_request(source: str, target: str) -> ArchiveInput:
@@ -111,10 +123,54 @@ def test_verify_archive_refuses_when_the_target_copy_differs(tmp_path):
         env.run(verify_archive, request)
 
 
-def test_a_source_key_that_would_escape_the_target_is_refused(s3_bucket, tmp_path):
+def test_hostile_keys_are_skipped_by_name_while_the_rest_syncs(s3_bucket, tmp_path):
     source, target = f"s3://{s3_bucket}/ml", f"file://{tmp_path}/dst"
-    open_store(source).client.put_object(Bucket=s3_bucket, Key="ml/ds/../../../escape.bin", Body=b"x")
-    with pytest.raises(ApplicationError, match="refused object key") as refused:
-        sync(source, target, "ds")
-    assert refused.value.non_retryable, "a key that escapes the destination must not be retried"
-    assert not (tmp_path / "escape.bin").exists() and not any(tmp_path.rglob("escape.bin"))
+    client = open_store(source).client
+    hostile = ["ml/ds/../../../escape.bin", "ml/ds//double.bin", "ml/ds/./dot.bin", "ml/ds/" + "n" * 300 + ".bin"]
+    for key in hostile:
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+    good = {f"ds/good-{i}.bin": os.urandom(1000 + i) for i in range(5)}
+    for key, data in good.items():
+        open_store(source).put_bytes(key, data)
+    totals, _, batches = sync_batches(source, target, "ds")
+    skipped = {s.key: s.reason for b in batches for s in b.skipped}
+    assert set(skipped) == {k.removeprefix("ml/") for k in hostile}, skipped
+    assert "255" in skipped["ds/" + "n" * 300 + ".bin"], "a name too long for the filesystem says so"
+    assert totals.objects_skipped == 4 and totals.objects_changed == 5
+    assert {k: open_store(target).read_bytes(k) for k in good} == good
+    assert not any(tmp_path.rglob("escape.bin")) and not any(tmp_path.rglob("dot.bin"))
+
+
+def test_a_planted_manifest_in_the_source_is_just_an_object(tmp_path):
+    """0.1 read manifests from `.skyshift/manifests/` in the source; a planted one made it copy other bytes."""
+    source, target = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
+    store = open_store(source)
+    victim, other = os.urandom(3 * MiB), os.urandom(3 * MiB)
+    store.put_bytes("ds/victim.bin", victim)
+    store.put_bytes("ds/other.bin", other)
+    sync(source, target)
+    forged = fingerprint(open_store(target), open_store(target).info("ds/other.bin"))[0]
+    planted = forged.model_copy(update={"key": "ds/victim.bin"}).model_dump_json().encode()
+    store.put_bytes(".skyshift/manifests/ds/victim.bin.json", planted)
+    victim = victim[:100] + b"changed" + victim[107:]
+    store.put_bytes("ds/victim.bin", victim)
+    sync(source, target)
+    assert open_store(target).read_bytes("ds/victim.bin") == victim
+    assert open_store(target).read_bytes(".skyshift/manifests/ds/victim.bin.json") == planted, "synced as user data"
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_nothing_is_written_to_the_source_and_the_target_holds_exactly_its_keys(kind, tmp_path, s3_bucket, gcs_bucket):
+    source = {"local": f"file://{tmp_path}/src", "s3": f"s3://{s3_bucket}/ml"}[kind]
+    target = f"gs://{gcs_bucket}/ml"
+    written = seed(source)
+    open_store(source).put_bytes("datasets/corpus/large.bin", os.urandom(20 * MiB))
+
+    def listing(url: str) -> dict[str, str | None]:
+        return {o.key: o.etag for o in open_store(url).list()}
+
+    before = listing(source)
+    sync(source, target, ledger_key="m2/all")
+    sync(source, target, ledger_key="m2/all")
+    assert listing(source) == before, "the source is read-only to a migration"
+    assert set(listing(target)) == set(written) | {"datasets/corpus/large.bin"}, "no metadata inside the target"

@@ -9,7 +9,14 @@ from activities.traffic import route_traffic
 from activities.training import train_seeded
 from activities.transfer.archive import archive_workload, release_source, verify_archive
 from activities.transfer.ledger import remove_created
-from activities.transfer.sync import apply_range, fingerprint_range
+from activities.transfer.sync import (
+    apply_batch,
+    apply_range,
+    check_source,
+    fingerprint_batch,
+    fingerprint_range,
+    finish_sync,
+)
 from activities.validate import compare_benchmarks, compare_training, judge_window
 from workflows.migration import MigrationWorkflow
 from workflows.sync import DatasetSyncWorkflow
@@ -17,6 +24,11 @@ from workflows.sync import DatasetSyncWorkflow
 #: Work that must run where an environment's data and GPUs are.
 ENVIRONMENT_ACTIVITIES = [
     inventory_storage,
+    check_source,
+    fingerprint_batch,
+    apply_batch,
+    finish_sync,
+    # The 0.1 sync interface, for syncs in flight when the workers were upgraded.
     fingerprint_range,
     apply_range,
     remove_created,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,11 @@ class StoreSpec(BaseModel):
     url: str = Field(description="s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path")
     endpoint: str | None = Field(None, description="Override the provider endpoint (emulators, S3-compatible stores)")
     credentials: str | None = Field(None, description="Name of a credential the worker resolves; never a secret")
+    metadata_url: str | None = Field(
+        None,
+        description="Where skyshift keeps this store's metadata (ledgers, backups, upload parts); default: a "
+        "`.skyshift/` root beside the store's root, never inside the data",
+    )
 
     @field_validator("url")
     @classmethod
@@ -127,19 +133,99 @@ class PartWriter(abc.ABC):
     @abc.abstractmethod
     def abort(self) -> None: ...
 
+    @abc.abstractmethod
+    def uploaded_parts(self) -> list[PartInfo] | None:
+        """The parts the provider holds for this upload, how a new process resumes it; None when the
+        provider no longer knows the upload (completed or aborted meanwhile)."""
+
 
 class Capabilities(BaseModel):
-    """Optional features a backend declares; the engine checks these and falls back."""
+    """What a backend can do and its limits, as data the transfer engine reads before acting."""
 
     ranged_read: bool = True
-    #: No adapter implements a copy operation yet (S3 UploadPartCopy / GCS rewrite would let the
-    #: engine reuse unchanged runs without re-uploading them); False everywhere until one does.
+    #: `copy_object` copies within the provider without the bytes passing through the worker.
     server_side_copy: bool = False
     multipart_writer: bool = False
-    #: Largest object a single server-side copy call may produce, if limited.
+    #: Largest object a single server-side copy call may produce, if limited (S3 CopyObject: 5 GiB).
     max_single_copy_bytes: int | None = None
     max_parts: int | None = None
     min_part_bytes: int | None = None
+    max_part_bytes: int | None = None
+    #: Longest key the provider accepts, in UTF-8 bytes, and longest path segment (a file name).
+    max_key_bytes: int | None = None
+    max_segment_bytes: int | None = None
+
+
+def part_size_for(size: int, capabilities: Capabilities, preferred: int) -> int:
+    """The part size for an object of `size` bytes: `preferred`, raised to fit the store's part count
+    and floor, capped by its part ceiling (S3: 5 MiB..5 GiB and 10,000 parts; GCS compose: 32 sources
+    a call, folded, so only the floor matters)."""
+    part = max(preferred, capabilities.min_part_bytes or 0)
+    if capabilities.max_parts:
+        part = max(part, -(-size // capabilities.max_parts))
+    if capabilities.max_part_bytes:
+        part = min(part, capabilities.max_part_bytes)
+    return part
+
+
+#: skyshift's metadata root name, beside (or, for a bucket or filesystem root, inside) a store's root.
+METADATA_NAME = ".skyshift"
+
+
+def metadata_spec(spec: StoreSpec) -> StoreSpec:
+    """Where a store's metadata lives: `spec.metadata_url`, else `.skyshift/<root>` next to the root.
+
+    `s3://bucket/ml` keeps its metadata under `s3://bucket/.skyshift/ml`, `file:///data/ds` under
+    `file:///data/.skyshift/ds`: outside the synced prefix, so a listing of the data shows exactly
+    the user's objects and read-only data stays untouched. Only a store rooted at a bucket or at
+    `/` has no outside; its metadata is `.skyshift/` inside, and that name is reserved there.
+    """
+    if spec.metadata_url:
+        return StoreSpec(url=spec.metadata_url, endpoint=spec.endpoint, credentials=spec.credentials)
+    scheme, rest = spec.url.split("://", 1)
+    root, _, path = rest.partition("/")
+    path = path.strip("/")
+    location = f"{METADATA_NAME}/{path}" if path else METADATA_NAME
+    if scheme == "file":  # rest is "/abs/path": root is "", path is "abs/path"
+        parent, _, name = path.rpartition("/")
+        location = "/".join(p for p in (parent, METADATA_NAME, name) if p) if path else METADATA_NAME
+    return StoreSpec(url=f"{scheme}://{root}/{location}", endpoint=spec.endpoint, credentials=spec.credentials)
+
+
+def reserved_prefix(spec: StoreSpec) -> str | None:
+    """The key prefix (ending in '/') of the store's own metadata when it lies inside the store's root."""
+    inside = metadata_spec(spec).url
+    root = spec.url if spec.url.endswith("/") else spec.url + "/"
+    return inside[len(root) :].rstrip("/") + "/" if inside.startswith(root) else None
+
+
+def location(spec: StoreSpec) -> tuple[str, ...]:
+    """A store's location as comparable parts: scheme, endpoint, bucket, then path segments.
+
+    Local paths are resolved (symlinks, `..`), so two spellings of one directory compare equal.
+    """
+    scheme, rest = spec.url.split("://", 1)
+    if scheme == "file":
+        resolved = os.path.realpath(rest or "/")
+        return ("file", "", "", *[p for p in resolved.split("/") if p])
+    bucket, _, path = rest.partition("/")
+    return (scheme, spec.endpoint or "", bucket, *[p for p in path.split("/") if p])
+
+
+def overlap(a: StoreSpec, b: StoreSpec) -> str | None:
+    """How two stores overlap ('the same location', 'X is inside Y'), or None when they are apart.
+
+    A sync between overlapping stores would delete its own source (`--delete`) or copy into itself
+    without end, so it is refused before anything starts (rclone refuses the same).
+    """
+    left, right = location(a), location(b)
+    if left == right:
+        return f"{a.url} and {b.url} are the same location"
+    if right[: len(left)] == left:
+        return f"{b.url} is inside {a.url}"
+    if left[: len(right)] == right:
+        return f"{a.url} is inside {b.url}"
+    return None
 
 
 def safe_key(key: str) -> str:
@@ -209,6 +295,39 @@ class Store(abc.ABC):
 
     def exists(self, key: str) -> bool:
         return self.info(key) is not None
+
+    @abc.abstractmethod
+    def root_exists(self) -> bool:
+        """The bucket or directory this store is rooted at exists (it may be empty)."""
+
+    def check_key(self, key: str) -> None:
+        """Raise InvalidKeyError naming `key` when this store cannot hold it safely."""
+        safe_key(key)
+        limits = self.capabilities
+        encoded = key.encode("utf-8", "surrogatepass")
+        if limits.max_key_bytes and len(encoded) > limits.max_key_bytes:
+            raise InvalidKeyError(f"refused object key {key!r}: {len(encoded)} bytes, {self.url} allows "
+                                  f"{limits.max_key_bytes}")  # fmt: skip
+        if limits.max_segment_bytes:
+            longest = max(len(part.encode("utf-8", "surrogatepass")) for part in key.split("/"))
+            if longest > limits.max_segment_bytes:
+                raise InvalidKeyError(f"refused object key {key!r}: a path segment of {longest} bytes, {self.url} "
+                                      f"allows {limits.max_segment_bytes}")  # fmt: skip
+
+    def copy_object(self, key: str, destination: Store, destination_key: str) -> ObjectInfo | None:
+        """Copy `key` to `destination_key` in `destination` without the bytes passing through this
+        process, when the provider can (`capabilities.server_side_copy` and the same service);
+        None when it cannot, and the caller streams the bytes instead."""
+        return None
+
+    @property
+    def metadata(self) -> Store:
+        """This store's metadata area (see `metadata_spec`), a store of the same backend."""
+        cached = getattr(self, "_metadata", None)
+        if cached is None:
+            cached = type(self)(metadata_spec(self.spec))
+            self._metadata = cached
+        return cached
 
 
 class BucketStore(Store):

@@ -24,12 +24,14 @@ from activities.stores.base import (
     directory_prefix,
     join_key,
 )
+from activities.stores.resilient import resuming
 
 _MiB = 1 << 20
 
 
 class GCSStore(BucketStore):
-    capabilities = Capabilities(ranged_read=True, multipart_writer=True, max_parts=32)
+    # Parts are composed 32 at a time and folded, so the part count has no hard limit; 1,024-byte names.
+    capabilities = Capabilities(ranged_read=True, multipart_writer=True, server_side_copy=True, max_key_bytes=1024)
 
     def __init__(self, spec: StoreSpec) -> None:
         super().__init__(spec)
@@ -83,14 +85,16 @@ class GCSStore(BucketStore):
     def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         blob = self.bucket.blob(self._key(key))
         try:
-            if end is not None and end - start <= 8 * _MiB:
-                return io.BytesIO(blob.download_as_bytes(start=start, end=end - 1))
-            blob.reload()  # BlobReader is lazy: surface a missing object here, not on first read
-            reader = blob.open("rb", chunk_size=8 * _MiB)
+            blob.reload()  # size and generation: every window reads this version, never a newer one
         except gexc.NotFound as error:
             raise StoreError(f"{self.url}: no object {key!r}") from error
-        reader.seek(start)
-        return reader if end is None else _Limited(reader, end - start)
+        stop = min(end, blob.size or 0) if end is not None else blob.size or 0
+        generation = blob.generation
+
+        def opener(offset: int, stop_: int) -> BinaryIO:
+            return _Windows(blob, offset, stop_, generation)
+
+        return resuming(opener, start, max(start, stop), f"{self.url}/{key}")
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         # GCS publishes an object when its upload finalizes; crc32c lets the server reject damage.
@@ -119,30 +123,58 @@ class GCSStore(BucketStore):
     def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
         return _GCSComposite(self, key, upload_id)
 
+    def root_exists(self) -> bool:
+        try:
+            return self.client.lookup_bucket(self.bucket_name) is not None
+        except (gexc.Forbidden, gexc.Unauthorized) as error:
+            raise StoreError(f"{self.url}: cannot read the bucket: {error.message}", permanent=True) from error
+
+    def copy_object(self, key: str, destination, destination_key: str) -> ObjectInfo | None:
+        if not isinstance(destination, GCSStore) or destination.spec.endpoint != self.spec.endpoint:
+            return None
+        source = self.bucket.blob(self._key(key))
+        target = destination.bucket.blob(destination._key(destination_key))
+        token, _, _ = target.rewrite(source)
+        while token is not None:  # large objects are rewritten in several calls, all server-side
+            token, _, _ = target.rewrite(source, token=token)
+        return destination.info(destination_key)
+
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (used by the embedded stack's seeding, not by migrations)."""
         if self.client.lookup_bucket(self.bucket_name) is None:
             self.client.create_bucket(self.bucket_name)
 
 
-class _Limited(io.RawIOBase):
-    """At most `left` bytes of a stream (a ranged read over BlobReader, which streams in chunks)."""
+class _Windows(io.RawIOBase):
+    """Bytes [offset, stop) as consecutive ranged downloads of at most WINDOW bytes each.
 
-    def __init__(self, stream, left: int) -> None:
-        self.stream, self.left = stream, left
+    Each window is one request the client retries on its own; a download that breaks raises, and
+    the ResumingReader around this stream reopens it at the byte where it stopped.
+    """
+
+    WINDOW = 8 * _MiB
+
+    def __init__(self, blob: storage.Blob, offset: int, stop: int, generation: int | None) -> None:
+        self.blob, self.offset, self.stop, self.generation = blob, offset, stop, generation
+        self.buffer = io.BytesIO()
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        size = self.left if size is None or size < 0 else min(size, self.left)
-        data = self.stream.read(size) if size else b""
-        self.left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self.stream.close()
-        super().close()
+        data = self.buffer.read(size)
+        if data or self.offset >= self.stop:
+            return data
+        last = min(self.stop, self.offset + self.WINDOW) - 1
+        try:
+            window = self.blob.download_as_bytes(start=self.offset, end=last, if_generation_match=self.generation)
+        except gexc.PreconditionFailed as error:
+            raise StoreError(f"{self.blob.name}: changed while being read (generation {self.generation})") from error
+        if not window:
+            return b""
+        self.offset += len(window)
+        self.buffer = io.BytesIO(window)
+        return self.buffer.read(size)
 
 
 class _GCSComposite(PartWriter):
@@ -155,22 +187,35 @@ class _GCSComposite(PartWriter):
     def __init__(self, store: GCSStore, key: str, upload_id: str | None) -> None:
         self.store, self.key = store, key
         self.upload_id = upload_id or uuid.uuid4().hex
-        self.part_prefix = join_key(".skyshift", "uploads", self.upload_id)
+        # Parts live in the store's metadata area: compose needs them in the same bucket.
+        self.area: GCSStore = store.metadata  # type: ignore[assignment]
+        if self.area.bucket_name != store.bucket_name:
+            raise StoreError(f"{store.url}: the metadata location must be in the same bucket (compose)", True)
+        self.part_prefix = join_key("uploads", self.upload_id)
 
     def _part_key(self, number: int) -> str:
         return f"{self.part_prefix}/{number:05d}"
 
     def put_part(self, number: int, data: bytes) -> PartInfo:
-        self.store.put_bytes(self._part_key(number), data)
+        self.area.put_bytes(self._part_key(number), data)
         return PartInfo(number=number, size=len(data), token=self._part_key(number))
 
+    def uploaded_parts(self) -> list[PartInfo]:
+        parts = []
+        for obj in self.area.list(self.part_prefix):
+            name = obj.key.rsplit("/", 1)[-1]
+            if name.isdigit():
+                parts.append(PartInfo(number=int(name), size=obj.size, token=obj.key))
+        return sorted(parts, key=lambda p: p.number)
+
     def complete(self, parts: list[PartInfo]) -> ObjectInfo:
-        sources = [self.store.bucket.blob(self.store._key(p.token)) for p in sorted(parts, key=lambda p: p.number)]
+        area = self.area
+        sources = [area.bucket.blob(area._key(p.token)) for p in sorted(parts, key=lambda p: p.number)]
         level = 0
         while len(sources) > 32:  # compose takes at most 32 sources: fold into intermediates
             folded = []
             for index in range(0, len(sources), 32):
-                blob = self.store.bucket.blob(self.store._key(f"{self.part_prefix}/fold-{level}-{index:05d}"))
+                blob = area.bucket.blob(area._key(f"{self.part_prefix}/fold-{level}-{index:05d}"))
                 blob.compose(sources[index : index + 32])
                 folded.append(blob)
             sources, level = folded, level + 1
@@ -185,5 +230,5 @@ class _GCSComposite(PartWriter):
         return info
 
     def abort(self) -> None:
-        for obj in list(self.store.list(self.part_prefix)):
-            self.store.remove(obj.key)
+        for obj in list(self.area.list(self.part_prefix)):
+            self.area.remove(obj.key)

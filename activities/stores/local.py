@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 
 from activities.stores.base import (
     Capabilities,
+    InvalidKeyError,
     ObjectInfo,
     PartInfo,
     PartWriter,
@@ -50,7 +52,10 @@ class _RangeReader(io.RawIOBase):
 
 
 class LocalStore(Store):
-    capabilities = Capabilities(ranged_read=True, multipart_writer=True)
+    # Linux: NAME_MAX 255 bytes a file name; PATH_MAX 4096 for the whole path (root included).
+    capabilities = Capabilities(
+        ranged_read=True, multipart_writer=True, server_side_copy=True, max_segment_bytes=255, max_key_bytes=3800
+    )
 
     def __init__(self, spec: StoreSpec) -> None:
         super().__init__(spec)
@@ -79,8 +84,12 @@ class LocalStore(Store):
 
     def _info(self, path: Path) -> ObjectInfo:
         stat = path.stat()
+        # inode and ctime too: a file rewritten with the same size and mtime (or `touch -d`) still gets a
+        # new etag, so a manifest cached for the old bytes is never taken for the new ones.
         return ObjectInfo(
-            key=path.relative_to(self.root).as_posix(), size=stat.st_size, etag=f"{stat.st_mtime_ns}-{stat.st_size}"
+            key=path.relative_to(self.root).as_posix(),
+            size=stat.st_size,
+            etag=f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ctime_ns}",
         )
 
     def info(self, key: str) -> ObjectInfo | None:
@@ -97,9 +106,15 @@ class LocalStore(Store):
         return io.BufferedReader(_RangeReader(path, start, end), buffer_size=buffer)  # type: ignore[return-value]
 
     def _atomic_write(self, key: str, write) -> ObjectInfo:
+        self.check_key(key)
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".skyshift-tmp-", dir=target.parent)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=".skyshift-tmp-", dir=target.parent)
+        except OSError as error:
+            if error.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+                raise InvalidKeyError(f"refused object key {key!r}: {error.strerror} at {self.url}") from error
+            raise
         try:
             with os.fdopen(fd, "wb") as out:
                 write(out)
@@ -112,11 +127,7 @@ class LocalStore(Store):
         return self._info(target)
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
-        def write(out: BinaryIO) -> None:
-            with open(path, "rb") as source:
-                shutil.copyfileobj(source, out, 1 << 20)
-
-        return self._atomic_write(key, write)
+        return self._atomic_write(key, lambda out: _copy_into(path, out))
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self._atomic_write(key, lambda out: out.write(data))
@@ -131,25 +142,47 @@ class LocalStore(Store):
     def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
         return _LocalParts(self, key, upload_id)
 
+    def root_exists(self) -> bool:
+        return self.root.is_dir()
+
+    def copy_object(self, key: str, destination, destination_key: str) -> ObjectInfo | None:
+        if not isinstance(destination, LocalStore):
+            return None
+        source = self._path(key)
+        # A real copy, not a hard link: a backup must not change if someone edits the original in place.
+        return destination._atomic_write(destination_key, lambda out: _copy_into(source, out))
+
+
+def _copy_into(path: Path, out: BinaryIO) -> None:
+    with open(path, "rb") as source:
+        shutil.copyfileobj(source, out, 1 << 20)
+
 
 class _LocalParts(PartWriter):
-    """Parts are files under .skyshift/uploads/<id>/; `complete` concatenates and renames atomically."""
+    """Parts are files under the metadata area's uploads/<id>/; `complete` concatenates and renames atomically."""
 
     def __init__(self, store: LocalStore, key: str, upload_id: str | None) -> None:
         self.store, self.key = store, safe_key(key)
         self.upload_id = upload_id or uuid.uuid4().hex
-        self.directory = store.root / ".skyshift" / "uploads" / self.upload_id
+        self.area: LocalStore = store.metadata  # type: ignore[assignment]
+        self.directory = self.area.root / "uploads" / self.upload_id
 
     def put_part(self, number: int, data: bytes) -> PartInfo:
-        token = f".skyshift/uploads/{self.upload_id}/{number:05d}"
-        self.store.put_bytes(token, data)
+        token = f"uploads/{self.upload_id}/{number:05d}"
+        self.area.put_bytes(token, data)
         return PartInfo(number=number, size=len(data), token=token)
+
+    def uploaded_parts(self) -> list[PartInfo]:
+        if not self.directory.is_dir():
+            return []
+        parts = [PartInfo(number=int(p.name), size=p.stat().st_size, token=f"uploads/{self.upload_id}/{p.name}")
+                 for p in self.directory.iterdir() if p.name.isdigit()]  # fmt: skip
+        return sorted(parts, key=lambda p: p.number)
 
     def complete(self, parts: list[PartInfo]) -> ObjectInfo:
         def write(out: BinaryIO) -> None:
             for part in sorted(parts, key=lambda p: p.number):
-                with open(self.store.root / part.token, "rb") as source:
-                    shutil.copyfileobj(source, out, 1 << 20)
+                _copy_into(self.area.root / part.token, out)
 
         info = self.store._atomic_write(self.key, write)
         self.abort()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from activities.stores.base import (
     StoreSpec,
     directory_prefix,
 )
+from activities.stores.resilient import resuming
 
 _MiB = 1 << 20
 _GiB = 1 << 30
@@ -43,9 +45,12 @@ class S3Store(BucketStore):
     capabilities = Capabilities(
         ranged_read=True,
         multipart_writer=True,
+        server_side_copy=True,
         max_single_copy_bytes=5 * _GiB,
         max_parts=10_000,
         min_part_bytes=5 * _MiB,
+        max_part_bytes=5 * _GiB,
+        max_key_bytes=1024,
     )
 
     def __init__(self, spec: StoreSpec) -> None:
@@ -78,14 +83,33 @@ class S3Store(BucketStore):
             raise _failure(self.url, f"stat {key!r}", error) from error
         return ObjectInfo(key=key, size=head["ContentLength"], etag=head["ETag"].strip('"'))
 
-    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
-        kwargs = {}
+    def _get(self, key: str, start: int, end: int | None, etag: str | None = None) -> dict:
+        kwargs: dict = {"IfMatch": f'"{etag}"'} if etag else {}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)
         except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise StoreError(f"{self.url}: no object {key!r}") from error
+            if code == "InvalidRange" and start == 0:
+                return {"Body": io.BytesIO(b""), "ContentLength": 0, "ETag": etag or ""}  # an empty object
             raise _failure(self.url, f"read {key!r}", error) from error
+
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        first = self._get(key, start, end)
+        stop = start + first["ContentLength"]
+        version = first["ETag"].strip('"') or None
+        pending: list = [first["Body"]]
+
+        def opener(offset: int, stop_: int):
+            if pending and offset == start:
+                return pending.pop()
+            # The same version only: a resumed read never splices two versions of an object.
+            return self._get(key, offset, stop_, etag=version)["Body"]
+
+        return resuming(opener, start, stop, f"{self.url}/{key}")
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         # S3 publishes an object only when its PUT or CompleteMultipartUpload succeeds: atomic.
@@ -115,6 +139,29 @@ class S3Store(BucketStore):
 
     def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
         return _S3Multipart(self, key, upload_id)
+
+    def root_exists(self) -> bool:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise _failure(self.url, "read the bucket", error) from error
+        return True
+
+    def copy_object(self, key: str, destination, destination_key: str) -> ObjectInfo | None:
+        info = self.info(key)
+        limit = self.capabilities.max_single_copy_bytes
+        if (not isinstance(destination, S3Store) or destination.spec.endpoint != self.spec.endpoint
+                or info is None or (limit is not None and info.size > limit)):  # fmt: skip
+            return None
+        try:
+            destination.client.copy_object(Bucket=destination.bucket, Key=destination._key(destination_key),
+                                           CopySource={"Bucket": self.bucket, "Key": self._key(key)})  # fmt: skip
+        except ClientError as error:
+            raise _failure(self.url, f"copy {key!r}", error) from error
+        return destination.info(destination_key)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (used by the embedded stack's seeding, not by migrations)."""
@@ -148,6 +195,21 @@ class _S3Multipart(PartWriter):
         info = self.store.info(self.key)
         assert info is not None
         return info
+
+    def uploaded_parts(self) -> list[PartInfo] | None:
+        parts, marker = [], 0
+        while True:
+            try:
+                page = self.store.client.list_parts(Bucket=self.store.bucket, Key=self.full_key,
+                                                    UploadId=self.upload_id, PartNumberMarker=marker)  # fmt: skip
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    return None
+                raise
+            parts += [PartInfo(number=p["PartNumber"], size=p["Size"], token=p["ETag"]) for p in page.get("Parts", [])]
+            if not page.get("IsTruncated"):
+                return parts
+            marker = page["NextPartNumberMarker"]
 
     def abort(self) -> None:
         try:

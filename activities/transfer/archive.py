@@ -1,8 +1,9 @@
 """Decommission steps: archive what the source held, prove the target holds it, release the source.
 
-The archive manifest (every key, size and BLAKE3 Merkle root) comes from the source side's object
-manifests, cached by etag, so after the final sync nothing is read again; it is written to both
-stores. The target side checks its copies' roots against it. Only then may the source copies be
+The archive manifest (every key, size and BLAKE3 Merkle root) comes from the source worker's object
+manifests, cached by version, so after the final sync nothing is read again; it is written to the
+target's metadata area (never to the source: the source stays read-only until the explicit
+release). The target side checks its copies' roots against it. Only then may the source copies be
 deleted, and only those whose content still matches, so data written at the source after archiving
 is never lost (a rewrite changes the etag, which forces a fresh fingerprint).
 """
@@ -16,9 +17,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import fail_fast_on_permanent_errors
-from activities.stores import StoreSpec, join_key, open_store
-from activities.transfer.layout import INTERNAL_PREFIX, user_objects
-from activities.transfer.manifest import fingerprint, remove_with_manifest
+from activities.stores import StoreSpec, open_store
+from activities.transfer.cache import manifest_cache
+from activities.transfer.layout import archive_key, user_objects
+from activities.transfer.manifest import fingerprint
 
 
 class ArchiveEntry(BaseModel):
@@ -37,7 +39,7 @@ class ArchiveInput(BaseModel):
 
 class ArchiveResult(BaseModel):
     workload: str
-    manifest_key: str = Field(description="Same key in both stores")
+    manifest_key: str = Field(description="Key in the target's metadata area")
     objects: int
     bytes: int
 
@@ -55,10 +57,6 @@ class ReleaseResult(BaseModel):
     kept_changed: list[str] = Field(description="Source objects changed since archiving; left in place")
 
 
-def archive_key(migration_id: str, workload: str) -> str:
-    return join_key(INTERNAL_PREFIX, "archive", migration_id, f"{workload}.json")
-
-
 def _read_manifest(store, key: str) -> list[ArchiveEntry]:
     if not store.exists(key):
         raise ApplicationError(f"{store.url}/{key}: archive manifest missing", non_retryable=True)
@@ -68,7 +66,7 @@ def _read_manifest(store, key: str) -> list[ArchiveEntry]:
 @activity.defn
 @fail_fast_on_permanent_errors
 def archive_workload(request: ArchiveInput) -> ArchiveResult:
-    """Source side: list every object's root and write the archive manifest to both stores."""
+    """Source side: list every object's root and write the archive manifest to the target's metadata area."""
     source, target = open_store(request.source), open_store(request.target)
     entries = []
     for obj in user_objects(source, request.path):
@@ -77,8 +75,7 @@ def archive_workload(request: ArchiveInput) -> ArchiveResult:
         activity.heartbeat(len(entries))
     body = json.dumps({"migration_id": request.migration_id, "objects": [e.model_dump() for e in entries]}).encode()
     key = archive_key(request.migration_id, request.workload)
-    target.put_bytes(key, body)
-    source.put_bytes(key, body)
+    target.metadata.put_bytes(key, body)
     return ArchiveResult(
         workload=request.workload, manifest_key=key, objects=len(entries), bytes=sum(e.size for e in entries)
     )
@@ -89,7 +86,7 @@ def archive_workload(request: ArchiveInput) -> ArchiveResult:
 def verify_archive(request: ArchiveInput) -> VerifyArchiveResult:
     """Target side: every archived object must be present with the same root; else stop."""
     target = open_store(request.target)
-    entries = _read_manifest(target, archive_key(request.migration_id, request.workload))
+    entries = _read_manifest(target.metadata, archive_key(request.migration_id, request.workload))
     mismatched = []
     for index, entry in enumerate(entries):
         info = target.info(entry.key)
@@ -110,7 +107,7 @@ def verify_archive(request: ArchiveInput) -> VerifyArchiveResult:
 def release_source(request: ArchiveInput) -> ReleaseResult:
     """Source side, irreversible: delete source objects whose bytes still match the manifest."""
     source = open_store(request.source)
-    entries = _read_manifest(source, archive_key(request.migration_id, request.workload))
+    entries = _read_manifest(open_store(request.target).metadata, archive_key(request.migration_id, request.workload))
     deleted, released, kept = 0, 0, []
     for entry in entries:
         info = source.info(entry.key)
@@ -119,7 +116,8 @@ def release_source(request: ArchiveInput) -> ReleaseResult:
         if info.size != entry.size or fingerprint(source, info)[0].root != entry.root:
             kept.append(entry.key)
             continue
-        remove_with_manifest(source, entry.key)
+        source.remove(entry.key)
+        manifest_cache().forget(source, entry.key)
         deleted += 1
         released += entry.size
         activity.heartbeat(deleted)

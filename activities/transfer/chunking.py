@@ -41,8 +41,12 @@ class ChunkParams(BaseModel):
 #: 128 KiB but falls to 0.6 GB/s at 16 KiB. One class boundary only, so a growing object rarely
 #: changes class (which would change every boundary).
 SIZE_CLASSES: list[tuple[int, ChunkParams]] = [
+    (256 * KiB, ChunkParams(min_size=256 * KiB, avg_size=256 * KiB, max_size=256 * KiB)),  # whole: one chunk
     (4 * MiB, ChunkParams(min_size=16 * KiB, avg_size=64 * KiB, max_size=256 * KiB)),
 ]
+#: Objects up to this size are one chunk with one BLAKE3: copied whole, many at a time, no chunk index
+#: (a million 100 KiB images gain nothing from sub-object deltas, and lose a lot to per-chunk overhead).
+SMALL_OBJECT = 256 * KiB
 LARGE = ChunkParams(min_size=32 * KiB, avg_size=128 * KiB, max_size=512 * KiB)
 
 

@@ -1,15 +1,51 @@
-"""Where skyshift keeps its own metadata inside a store, and how workloads are listed without it."""
+"""Where skyshift keeps its metadata for a sync, and how workloads are listed without it.
+
+Every piece of metadata lives in the *target's* metadata area (`Store.metadata`: beside the
+target's root, see `activities.stores.base.metadata_spec`), never in the source and never inside
+the synced prefix. Names here are keys relative to that area:
+
+    staging/<sync>/<batch>.manifests   the source worker's manifests of one key range, for the target
+    staging/<sync>/<batch>.deletes     target keys the source no longer has (deleted last, if asked)
+    ledger/<migration>/<workload>/<stamp>.json   what one batch created or overwrote (undo data)
+    backup/<migration>/<workload>/<stamp>/<key>  an overwritten object's prior bytes
+    uploads/records/<hash>.json        an in-flight multipart upload, so any later run resumes it
+    uploads/<id>/<part>                parts of GCS composite and local multipart writes
+    archive/<migration>/<workload>.json          the decommission archive manifest
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from activities.stores import ObjectInfo, Store
-
-#: Manifests, ledgers, archive manifests and in-flight upload parts live under this prefix.
-INTERNAL_PREFIX = ".skyshift/"
+from activities.stores.base import reserved_prefix
 
 
 def user_objects(store: Store, path: str = "", after: str | None = None) -> Iterator[ObjectInfo]:
-    """The workload's objects under `path` in key order, skipping skyshift's own metadata."""
-    return (o for o in store.list(path, start_after=after) if not o.key.startswith(INTERNAL_PREFIX))
+    """The workload's objects under `path` in key order; skyshift's metadata only where it lies inside
+    the store (a store rooted at a bucket or `/`) is left out."""
+    reserved = reserved_prefix(store.spec)
+    listing = store.list(path, start_after=after)
+    return listing if reserved is None else (o for o in listing if not o.key.startswith(reserved))
+
+
+def sync_name(workflow_id: str) -> str:
+    """A workflow id as one safe key segment."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", workflow_id)[:200] or "sync"
+
+
+def staging_key(sync: str, batch: int, kind: str = "manifests") -> str:
+    return f"staging/{sync_name(sync)}/{batch:08d}.{kind}"
+
+
+def ledger_prefix(ledger: str) -> str:
+    return f"ledger/{ledger.strip('/')}/"
+
+
+def backup_key(ledger: str, stamp: str, key: str) -> str:
+    return f"backup/{ledger.strip('/')}/{stamp}/{key}"
+
+
+def archive_key(migration_id: str, workload: str) -> str:
+    return f"archive/{sync_name(migration_id)}/{workload}.json"
