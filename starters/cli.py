@@ -163,28 +163,6 @@ def _stage_command(action: str) -> Callable[[argparse.Namespace], int]:
     return command
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from activities.bench import BenchInput, run_benchmark
-
-    try:
-        request = BenchInput(trials=args.trials, matrix_size=args.size, device=args.device)
-        result = run_benchmark(
-            request, progress=lambda n: None if args.json else print(f"trial {n}/{args.trials} done", file=sys.stderr)
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    emit(
-        args,
-        result.model_dump(mode="json"),
-        f"{result.device} ({result.device_name}, {result.dtype}, torch {result.torch_version}):\n"
-        f"  matmul {args.size}x{args.size}: {result.median_matmul_tflops:.4f} TFLOP/s "
-        f"(median of {len(result.trials)})\n"
-        f"  MLP training: {result.median_train_samples_per_s:,.0f} samples/s\n"
-        f"  telemetry: {result.telemetry.model_dump() if result.telemetry else result.telemetry_note}",
-    )
-    return EXIT_OK
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
     from starters import devstack
 
@@ -258,7 +236,13 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
 
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`, sets `handler` on
 #: its parsers and imports heavy libraries (torch) only inside its handlers.
-COMMAND_MODULES: tuple[str, ...] = ("starters.sync", "starters.watch", "starters.report")
+COMMAND_MODULES: tuple[str, ...] = (
+    "starters.sync",
+    "starters.watch",
+    "starters.report",
+    "starters.cmd_bench",
+    "starters.cmd_checkpoint",
+)
 
 BY_HELP = "who is acting, for the audit log (default: $USER)"
 
@@ -350,11 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
                                ("promote", "promote", "go straight to the final (100%%) cutover stage")):  # fmt: skip
         operator(command(name, _stage_command(action), help))
 
-    bench = command("bench", cmd_bench, "run the GPU/CPU benchmark suite here")
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
-    bench.add_argument("--trials", type=int, default=3, help="repetitions; the median is reported (default 3)")
-    bench.add_argument("--size", type=int, default=1024, help="matmul size (default 1024)")
-
     codec = command("codec-server", cmd_codec_server, "decrypt payloads for the Temporal UI and CLI (AES-GCM codec)")
     codec.add_argument("--host", default="127.0.0.1", help="listen address (default loopback: only this machine)")
     codec.add_argument("--port", type=int, default=8081, help="listen port (default 8081; 0 picks a free one)")
@@ -366,10 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
-    for choice in sub._choices_actions:  # modules may give only `help=`: it is the description too
-        parser_ = sub.choices[choice.dest]
-        parser_.description = parser_.description or (choice.help or "").replace("%%", "%")
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """A subcommand given only `help=` (as command modules often do) shows the same text as its description."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                child = action.choices[choice.dest]
+                child.description = child.description or (choice.help or "").replace("%%", "%")
+                _describe(child)
 
 
 def _quiet_broken_pipe() -> int:

@@ -36,12 +36,11 @@ def fail(args: argparse.Namespace, code: int, message: str, prefix: str = "skysh
     """Report an error and return its exit code: with `--json`, as the one JSON object on stdout.
 
     A script that asked for JSON parses stdout; an error it cannot parse would look like success
-    with garbage. Humans get the message on stderr.
+    with garbage. The message goes to stderr as well, where logs and people look for errors.
     """
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "exit_code": code}))
-    else:
-        print(f"{prefix}{message}", file=sys.stderr)
+    print(f"{prefix}{message}", file=sys.stderr)
     return code
 
 
