@@ -1,10 +1,12 @@
 """`skyshift demo`: a whole migration on the embedded stack, S3 (source) → GCS (target).
 
-It starts the stack, seeds the source cloud with dataset shards and torch checkpoints, starts a
-worker per environment plus the control worker, serves the model on the source, routes generated
-load through the weighted router, and runs the lifecycle with short stages, approving each gate
-as an operator would. In the `regression` scenario the target turns 40% slower at the 25% stage
-and the workflow must roll itself back.
+It starts the stack, seeds the source cloud with dataset shards, torch checkpoints (one of them
+moved sealed under a local key) and an operator's training job, starts a worker per environment
+plus the control worker, serves the model on the source, routes generated load through the
+weighted router, and runs the lifecycle with short stages, approving each gate as an operator
+would. Scenarios: `ok` completes; `regression` makes the target 40% slower at the 25% stage and the
+workflow rolls itself back; `drift` serves a target whose outputs differ slightly beyond the
+source's own noise (weights perturbed by 2%): the shadow phase fails before any traffic moves.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from skyshift.runtime import connect, load_stack_env, state_dir
 from starters import devstack, operate, render
 from starters.load import LoadGenerator
 from starters.processes import ProcessGroup
-from starters.seed import ensure_bucket, seed_source, shard_bytes
+from starters.seed import SHADOW_REQUESTS, demo_key, ensure_bucket, seed_source, shard_bytes
 from workflows.plan import MigrationPlan, parse_plan
 from workflows.state import MigrationState
 
@@ -31,17 +33,21 @@ SOURCE_ENV, TARGET_ENV = "aws-us-east-1", "nebius-eu-north1"
 SOURCE_URL, TARGET_URL = "s3://skyshift-demo-src/ml", "gs://skyshift-demo-dst/ml"
 SERVED_CHECKPOINT = "checkpoints/tiny-mlp/model.pt"
 REGRESSION_STAGE = "25pct"
+#: `--scenario drift`: the target serves weights perturbed this much (relative), latency unchanged.
+DRIFT_PERTURB = 0.02
 SHARDS = 16
 LOAD_RPS = 150
 DEADLINE_S = 600
 
 
-def demo_plan(ports: dict[str, int]) -> dict[str, Any]:
+def demo_plan(ports: dict[str, int], key_url: str) -> dict[str, Any]:
     """The plan the demo runs: real clouds' prices, a laptop's durations."""
     endpoint = {
         "name": "chat",
         "source_url": f"http://127.0.0.1:{ports['source']}",
         "target_url": f"http://127.0.0.1:{ports['target']}",
+        "shadow": {"requests": SHADOW_REQUESTS, "comparator": {"kind": "json", "ignore": ["served_by"]},
+                   "min_requests": 100},
     }
     return {
         "name": "demo-llm",
@@ -60,11 +66,17 @@ def demo_plan(ports: dict[str, int]) -> dict[str, Any]:
             },
         ],
         "workloads": {
-            "datasets": [{"name": "tokens", "path": "datasets/tokens"}],
+            "datasets": [{"name": "tokens", "path": "datasets/tokens"},
+                         {"name": "tokens-sample", "path": "datasets/sample"}],
             "checkpoints": [
                 {"name": "tiny-mlp", "path": "checkpoints/tiny-mlp"},
-                {"name": "encoder", "path": "checkpoints/encoder"},
+                {"name": "encoder", "path": "checkpoints/encoder", "encryption": {"kms_key": key_url}},
             ],
+            "jobs": [{
+                "name": "tiny-lm", "code": "jobs/tiny-lm", "uses": ["tokens-sample"], "timeout": "10m",
+                "command": ["python", "train.py", "--steps", "30", "--dataset", "tokens-sample"],
+                "env": {"OMP_NUM_THREADS": "1"}, "samples_per_epoch": 100_000,
+            }],
             "endpoints": [endpoint],
             "router": {"kind": "http", "admin_url": f"http://127.0.0.1:{ports['router']}"},
         },
@@ -78,8 +90,8 @@ def demo_plan(ports: dict[str, int]) -> dict[str, Any]:
                 {"percent": 100, "duration": "6s"},
             ],
         },
-        "bench": {"trials": 3, "matrix_size": 512},
-        "parallel_run": {"steps": 40},
+        "bench": {"trials": 2, "matrix_size": 512, "seconds_per_test": 0.2, "sustained_seconds": 1,
+                  "allreduce_processes": 0, "job": "tiny-lm", "job_steps": 15},
         "decommission": {"delete_source": True},
         "egress_budget_usd": 1.0,
         "soak_period": "3s",
@@ -97,9 +109,12 @@ class DemoOperator:
 
     def deploy_target(self) -> None:
         self.say(f"deploying the model on {TARGET_ENV} from its migrated checkpoint {TARGET_URL}/{SERVED_CHECKPOINT}")
+        drift = ["--perturb", str(DRIFT_PERTURB)] if self.scenario == "drift" else []
+        if drift:
+            self.say(f"scenario drift: the target serves weights perturbed by {DRIFT_PERTURB:.0%} (same latency)")
         self.procs.spawn(
             "endpoint-target", "workers.endpoint", "--env", TARGET_ENV, "--port", str(self.ports["target"]),
-            "--store", TARGET_URL, "--checkpoint", SERVED_CHECKPOINT,
+            "--store", TARGET_URL, "--checkpoint", SERVED_CHECKPOINT, *drift,
         )  # fmt: skip
         self.procs.wait_http("endpoint-target", f"http://127.0.0.1:{self.ports['target']}/healthz")
         self.load = LoadGenerator(f"http://127.0.0.1:{self.ports['router']}", rate=LOAD_RPS, max_seconds=DEADLINE_S)
@@ -167,7 +182,7 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
     say(f"seeded the source cloud {SOURCE_URL}: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
 
     ports = {name: devstack.free_port() for name in ("source", "target", "router")}
-    plan = parse_plan(demo_plan(ports), source="demo plan")
+    plan = parse_plan(demo_plan(ports, demo_key(state_dir()).kms_key), source="demo plan")
     plan_file = state_dir() / "demo-plan.yaml"
     plan_file.write_text(yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
     say(f"plan: {plan_file}")
@@ -196,6 +211,12 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
     ui = f"{devstack.status()['ui']}/namespaces/default/workflows/{state.migration_id}"
     failed = sum(n for k, n in load.items() if not k.startswith(("ok", "backend_")))
     expected = "completed" if scenario == "ok" else "rolled_back"
+    if scenario == "drift" and state.shadow:
+        differing = [f for f in state.shadow[-1].fields if f.differs][:8]
+        detail = "; ".join(f"{f.field}: |Δ| up to {f.target_max or 0:.4g} vs the source's own {f.floor_max or 0:.4g}"
+                           for f in differing)  # fmt: skip
+        print(f"shadow: outputs differed beyond the noise floor: {detail or state.shadow[-1].verdict.summary}",
+              file=sys.stderr if json_output else sys.stdout)  # fmt: skip
     if json_output:
         print(json.dumps({"scenario": scenario, "outcome": state.outcome, "router_weights": weights, "load": load,
                           "seconds": round(time.monotonic() - started, 1), "ui": ui,
@@ -215,6 +236,6 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
         )
     if scenario == "ok":
         return 0 if state.outcome == expected else 1
-    # The regression scenario succeeds as a demonstration when the migration rolled itself back,
-    # but the migration itself failed, and the exit code says so.
+    # The regression and drift scenarios succeed as demonstrations when the migration rolled itself
+    # back, but the migration itself failed, and the exit code says so.
     return 1

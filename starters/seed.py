@@ -1,7 +1,9 @@
-"""Sample data for the demo's "source cloud": text-like dataset shards and torch checkpoints.
+"""Sample data for the demo's "source cloud": text-like dataset shards, torch checkpoints, the
+operator's training job (its code, as a directory of the source storage) and a sample of inference
+requests for the shadow phase.
 
 Deterministic (seeded), so reruns produce identical bytes; shards are text with a Zipf word
-distribution, so the parallel run's loss curve actually falls.
+distribution, so the job's loss curve actually falls.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from activities.checkpoints.kms import KeyRef, create_key_file
 from activities.stores import Store, open_store
 
 SHARD_BYTES = 16 << 20
+#: The demo job: the example training script, as the operator keeps it in their bucket.
+JOB_SOURCE = Path(__file__).resolve().parent.parent / "examples" / "jobs" / "train" / "train.py"
+JOB_KEY = "jobs/tiny-lm/train.py"
+SAMPLE_KEY = "datasets/sample/shard-00000.txt"
+SHADOW_REQUESTS = "shadow/chat-requests.jsonl"
 
 
 def _vocabulary(rng: np.random.Generator, size: int = 4000) -> list[bytes]:
@@ -85,14 +93,26 @@ def seed_source(url: str, cache: Path, shards: int = 16) -> dict[str, int]:
 
 
 def _seed(store: Store, cache: Path, shards: int) -> dict[str, int]:
+    from workers.endpoint import request_sample
+
     tokens = sum(
         _put(store, f"datasets/tokens/shard-{i:05d}.txt", partial(shard_bytes, i), cache) for i in range(shards)
     )
+    store.put_bytes(JOB_KEY, JOB_SOURCE.read_bytes())  # the operator edits their job: always the current one
     return {
         "tokens": tokens,
+        "tokens-sample": _put(store, SAMPLE_KEY, partial(shard_bytes, 10_000, 1 << 20), cache),
         "tiny-mlp": _put(store, "checkpoints/tiny-mlp/model.pt", partial(checkpoint_bytes, 64, 0), cache),
         "encoder": _put(store, "checkpoints/encoder/model.pt", partial(encoder_bytes, 1), cache),
+        "tiny-lm": JOB_SOURCE.stat().st_size,
+        "shadow-requests": _put(store, SHADOW_REQUESTS, partial(request_sample, 200, 7), cache),
     }
+
+
+def demo_key(state: Path) -> KeyRef:
+    """The demo's local key file (what a KMS key is on the embedded stack): created once, kept 0600."""
+    path = state / "demo-checkpoint.key"
+    return KeyRef(kms_key=f"file://{path.resolve()}") if path.exists() else create_key_file(path)
 
 
 def ensure_bucket(url: str) -> Store:

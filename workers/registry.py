@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from activities.assess import inventory_storage, project_assessment
 from activities.bench import run_benchmark_activity
+from activities.bench.judge import judge_bench_activity
+from activities.checkpoints.compat import checkpoint_compatibility
+from activities.checkpoints.inspect import inspect_checkpoint
+from activities.checkpoints.reshard import convert_checkpoint
+from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
+from activities.jobs import compare_job_arms, judge_job_bench, record_code_root, run_job
 from activities.metrics import scrape_endpoints
+from activities.shadow.runner import run_shadow, set_mirror
 from activities.traffic import route_traffic
 from activities.training import train_seeded
 from activities.transfer.archive import archive_workload, release_source, verify_archive
@@ -37,6 +44,14 @@ ENVIRONMENT_ACTIVITIES = [
     archive_workload,
     verify_archive,
     release_source,
+    run_job,
+    record_code_root,
+    inspect_checkpoint,
+    checkpoint_compatibility,
+    convert_checkpoint,
+    seal_checkpoint,
+    open_sealed,
+    remove_sealed,
 ]
 #: Analysis, reports and traffic changes: anywhere with a view of both sides.
 CONTROL_ACTIVITIES = [
@@ -46,5 +61,10 @@ CONTROL_ACTIVITIES = [
     judge_window,
     scrape_endpoints,
     route_traffic,
+    judge_bench_activity,
+    compare_job_arms,
+    judge_job_bench,
+    run_shadow,
+    set_mirror,
 ]
 CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow]

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, CancelledError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -27,6 +27,35 @@ with workflow.unsafe.imports_passed_through():
         project_assessment,
     )
     from activities.bench import BenchInput, run_benchmark_activity
+    from activities.bench.judge import BenchTolerances, JudgeBenchInput, judge_bench_activity
+    from activities.checkpoints.compat import CompatibilityInput, checkpoint_compatibility
+    from activities.checkpoints.inspect import inspect_checkpoint
+    from activities.checkpoints.models import InspectInput
+    from activities.checkpoints.sealed import (
+        OpenSealedInput,
+        RemoveSealedInput,
+        SealInput,
+        SealResult,
+        open_sealed,
+        remove_sealed,
+        seal_checkpoint,
+    )
+    from activities.jobs import (
+        CodeRootInput,
+        CompareJobArmsInput,
+        JobBenchSide,
+        JobResult,
+        JobSpec,
+        JudgeJobBenchInput,
+        RunJobInput,
+        compare_job_arms,
+        judge_job_bench,
+        record_code_root,
+        run_job,
+    )
+    from activities.shadow.judge import ShadowThresholds
+    from activities.shadow.runner import MirrorInput, RunShadowInput, run_shadow, set_mirror
+    from activities.stores.base import metadata_spec
     from activities.training import TrainInput, train_seeded
     from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
     from activities.transfer.ledger import LedgerInput, ledger_key, remove_created
@@ -38,7 +67,7 @@ with workflow.unsafe.imports_passed_through():
         compare_training,
     )
     from workflows.cutover import StagedCutover
-    from workflows.plan import CONTROL_TASK_QUEUE, Environment, MigrationPlan
+    from workflows.plan import CONTROL_TASK_QUEUE, Checkpoint, Environment, MigrationPlan
     from workflows.saga import Compensation
     from workflows.state import (
         LEGACY_PHASES,
@@ -56,7 +85,13 @@ with workflow.unsafe.imports_passed_through():
         RollbackInput,
     )
     from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
-    from workflows.versions import COMPENSATE_EVERY_EXIT, EMPTY_SOURCE_STOPS, INTERRUPT_LONG_WORK
+    from workflows.versions import (
+        BENCH_SUITE_JUDGE,
+        CHECKPOINT_REPORTS,
+        COMPENSATE_EVERY_EXIT,
+        EMPTY_SOURCE_STOPS,
+        INTERRUPT_LONG_WORK,
+    )
 
 QUICK = timedelta(minutes=5)
 LONG = timedelta(hours=12)
@@ -65,6 +100,10 @@ LONG = timedelta(hours=12)
 HEARTBEAT = timedelta(seconds=30)
 #: In-flight work is cancelled and *waited for* before compensating, so no writer races the undo.
 WAIT_CANCELLED = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+
+
+#: Checkpoint errors that mean "never load this": the migration stops at assess, naming the file.
+CHECKPOINT_REFUSALS = ("UnsafeCheckpointError", "MalformedCheckpointError", "UnsupportedCheckpointError")
 
 
 class RollbackRequested(Exception):
@@ -126,13 +165,19 @@ class MigrationWorkflow:
 
     def lifecycle(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """The phases, in order: DESIGN §3's table as code."""
-        return [
+        phases: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("assess", self.assess),
             ("poc", self.poc),
             ("parallel_run", self.parallel_run),
+            ("shadow", self.shadow),
             ("cutover", self.cutover.run),
             ("decommission", self.decommission),
         ]
+        # A phase with nothing to do is not entered at all (no phase change in history or the UI).
+        return [(name, work) for name, work in phases if name != "shadow" or self._shadowed()]
+
+    def _shadowed(self) -> list:
+        return [e for e in self.plan.workloads.endpoints if e.shadow is not None]
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -200,20 +245,23 @@ class MigrationWorkflow:
 
     async def assess(self) -> None:
         source = self.plan.source_env
-        workloads = [(d.name, "dataset", d.path) for d in self.plan.workloads.datasets] + [
-            (c.name, "checkpoint", c.path) for c in self.plan.workloads.checkpoints
-        ]
+        workloads = (
+            [(d.name, "dataset", d.path) for d in self.plan.workloads.datasets]
+            + [(c.name, "checkpoint", c.path) for c in self.plan.workloads.checkpoints]
+            + [(j.name, "dataset", j.code) for j in self.plan.workloads.jobs]
+        )  # a job's code moves like a dataset
         inventory = await self._on(
             source, inventory_storage, InventoryInput(store=source.storage, workloads=workloads),
             f"inventory {source.storage.url}",
         )  # fmt: skip
+        parameters = await self._inspect_checkpoints() if workflow.patched(CHECKPOINT_REPORTS) else {}
         report = await workflow.execute_activity(
             project_assessment,
             AssessInput(
                 source=_facts(source),
                 target=_facts(self.plan.target_env),
                 checkpoints=[
-                    CheckpointFacts(name=c.name, parameters_billion=c.parameters_billion)
+                    CheckpointFacts(name=c.name, parameters_billion=c.parameters_billion or parameters.get(c.name))
                     for c in self.plan.workloads.checkpoints
                 ],
                 egress_budget_usd=self.plan.egress_budget_usd,
@@ -241,37 +289,198 @@ class MigrationWorkflow:
             )
 
     async def poc(self) -> None:
-        self.state.poc.transfers = list(await asyncio.gather(*(self._copy(w, p, "poc") for w, p in self._workloads())))
+        plain = self._plain_workloads()
+        self.state.poc.transfers = list(await asyncio.gather(*(self._copy(w, p, "poc") for w, p in plain)))
+        for checkpoint in self._encrypted():
+            self.state.poc.sealed.append(await self._seal(checkpoint))
+        for job in self.plan.workloads.jobs:
+            root = await self._on(self.plan.source_env, record_code_root,
+                                  CodeRootInput(store=self.plan.source_env.storage, prefix=job.code),
+                                  f"record the code root of {job.name}")  # fmt: skip
+            self.state.poc.code_roots[job.name] = root.root
+        if self.plan.workloads.checkpoints and workflow.patched(CHECKPOINT_REPORTS):
+            await self._checkpoint_reports()
+        await self._bench_suite()
+        if self.plan.bench.job is not None:
+            await self._bench_job(next(j for j in self.plan.workloads.jobs if j.name == self.plan.bench.job))
+        blocked = [v for v in self.state.verdicts if v.subject.startswith("checkpoint:") and v.outcome == "fail"]
+        if blocked:
+            self.start_rollback(f"checkpoint compatibility: {blocked[0].summary}", by="skyshift:poc")
+            self.raise_if_rollback()
+        verdict = self.state.poc.judgement.verdict if self.state.poc.judgement else self.state.poc.comparison.verdict
+        await self.gate("poc", f"POC verdict {verdict.outcome}: {verdict.summary}")
+
+    async def _bench_suite(self) -> None:
+        """The built-in micro-suite on each side, one after the other (an idle host each), then judged."""
         bench = self.plan.bench
         for env, results in (
             (self.plan.source_env, self.state.poc.source_bench),
             (self.plan.target_env, self.state.poc.target_bench),
         ):
-            # One side at a time: when environments share a host, each measures an idle one.
             request = BenchInput(
-                environment=env.name, trials=bench.trials, matrix_size=bench.matrix_size, device=bench.device
-            )
+                environment=env.name, trials=bench.trials, matrix_size=bench.matrix_size, device=bench.device,
+                seconds_per_test=bench.seconds_per_test, sustained_seconds=bench.sustained_seconds,
+                allreduce_processes=bench.allreduce_processes,
+                telemetry_url=metadata_spec(env.storage).url + f"/bench/{self.state.migration_id}",
+            )  # fmt: skip
             summary = f"benchmark on {env.name} ({bench.trials} trials)"
             results.append(await self._on(env, run_benchmark_activity, request, summary, timeout=timedelta(hours=1)))
+        thresholds = self.plan.thresholds
+        prices = (_price_per_hour(self.plan.source_env), _price_per_hour(self.plan.target_env))
+        if workflow.patched(BENCH_SUITE_JUDGE):
+            judgement = await workflow.execute_activity(
+                judge_bench_activity,
+                JudgeBenchInput(
+                    source=self.state.poc.source_bench, target=self.state.poc.target_bench,
+                    tolerances=BenchTolerances(
+                        min_throughput_ratio=thresholds.min_throughput_ratio,
+                        latency_increase_pct=thresholds.latency_increase_pct,
+                        min_ceiling_fraction=self.plan.bench.min_ceiling_fraction,
+                        max_sustained_drop_pct=self.plan.bench.max_sustained_drop_pct,
+                    ),
+                    source_name=self.plan.source, target_name=self.plan.target, source_price_per_hour=prices[0],
+                    target_price_per_hour=prices[1], max_cost_ratio=thresholds.max_cost_ratio,
+                ),
+                task_queue=CONTROL_TASK_QUEUE, start_to_close_timeout=QUICK,
+                summary="micro-suite side by side, against datasheet ceilings; environment matrix",
+            )  # fmt: skip
+            self.state.poc.judgement, self.state.poc.comparison = judgement, judgement.comparison
+            self.record_verdict(judgement.verdict)
+            return
         comparison = await workflow.execute_activity(
             compare_benchmarks,
             CompareBenchInput(
-                source=self.state.poc.source_bench,
-                target=self.state.poc.target_bench,
-                source_price_per_hour=_price_per_hour(self.plan.source_env),
-                target_price_per_hour=_price_per_hour(self.plan.target_env),
-                min_throughput_ratio=self.plan.thresholds.min_throughput_ratio,
-                max_cost_ratio=self.plan.thresholds.max_cost_ratio,
+                source=self.state.poc.source_bench, target=self.state.poc.target_bench,
+                source_price_per_hour=prices[0], target_price_per_hour=prices[1],
+                min_throughput_ratio=thresholds.min_throughput_ratio, max_cost_ratio=thresholds.max_cost_ratio,
             ),
-            task_queue=CONTROL_TASK_QUEUE,
-            start_to_close_timeout=QUICK,
+            task_queue=CONTROL_TASK_QUEUE, start_to_close_timeout=QUICK,
             summary="compare benchmarks and cost per unit of work",
-        )
+        )  # fmt: skip
         self.state.poc.comparison = comparison
         self.record_verdict(comparison.verdict)
-        await self.gate("poc", f"POC verdict {comparison.verdict.outcome}: {comparison.verdict.summary}")
+
+    async def _bench_job(self, job: JobSpec) -> None:
+        """The operator's job for `bench.job_steps` steps, `trials` times on each side: speed and cost per epoch."""
+        trials = {}
+        for env in (self.plan.source_env, self.plan.target_env):
+            trials[env.name] = [
+                await self._run_job(job, env, "bench", trial) for trial in range(self.plan.bench.trials)
+            ]
+        target_egress = self.state.egress_cost_usd
+        comparison = await workflow.execute_activity(
+            judge_job_bench,
+            JudgeJobBenchInput(
+                job=job,
+                source=JobBenchSide(environment=self.plan.source, trials=trials[self.plan.source],
+                                    price_per_gpu_hour=self.plan.source_env.compute.price_per_gpu_hour),
+                target=JobBenchSide(environment=self.plan.target, trials=trials[self.plan.target],
+                                    price_per_gpu_hour=self.plan.target_env.compute.price_per_gpu_hour,
+                                    egress_usd=target_egress),
+                cost=self.plan.bench.cost, min_throughput_ratio=self.plan.thresholds.min_throughput_ratio,
+                max_cost_ratio=self.plan.thresholds.max_cost_ratio, confidence=self.plan.thresholds.confidence,
+            ),
+            task_queue=CONTROL_TASK_QUEUE, start_to_close_timeout=QUICK,
+            summary=f"{job.name}: samples/s, step time, cost per epoch on both sides",
+        )  # fmt: skip
+        self.state.poc.job_bench = comparison
+        self.record_verdict(comparison.verdict)
+
+    async def _run_job(self, job: JobSpec, env: Environment, arm: str, trial: int = 0) -> JobResult:
+        """One run of the operator's job on `env`'s worker, reading that environment's copy of its data."""
+        datasets = {d.name: d.path for d in self.plan.workloads.datasets if d.name in job.uses}
+        request = RunJobInput(
+            job=job, environment=env.name, arm=arm, store=env.storage, datasets=datasets,
+            code_root=self.state.poc.code_roots.get(job.name), artifacts=metadata_spec(env.storage),
+            artifact_prefix=f"jobs/{self.state.migration_id}/{job.name}/{arm}-{trial}-{env.name}",
+            stop_after_steps=self.plan.bench.job_steps if arm == "bench" else None,
+        )  # fmt: skip
+        return await self._on(env, run_job, request, f"{job.name} ({arm}) on {env.name}",
+                              timeout=job.timeout + timedelta(minutes=30))  # fmt: skip
+
+    async def _inspect_checkpoints(self) -> dict[str, float]:
+        """Read every checkpoint's headers at the source, executing nothing: refuse what would run code."""
+        source, parameters = self.plan.source_env, {}
+        for checkpoint in self.plan.workloads.checkpoints:
+            try:
+                inspection = await self._on(
+                    source, inspect_checkpoint,
+                    InspectInput(store=source.storage, path=checkpoint.path, environment=source.name, digests=False),
+                    f"inspect {checkpoint.name} (headers, nothing executed)",
+                )  # fmt: skip
+            except ActivityError as error:
+                cause = error.cause
+                if isinstance(cause, ApplicationError) and cause.type in CHECKPOINT_REFUSALS:
+                    raise StopMigration(f"checkpoint {checkpoint.name}: {cause.message}") from None
+                raise
+            parameters[checkpoint.name] = inspection.parameters / 1e9
+        return parameters
+
+    async def _checkpoint_reports(self) -> None:
+        """Each checkpoint read again at the source (digests) and judged on the target's worker after the copy."""
+        source, target = self.plan.source_env, self.plan.target_env
+        for checkpoint in self.plan.workloads.checkpoints:
+            inspection = await self._on(
+                source, inspect_checkpoint,
+                InspectInput(store=source.storage, path=checkpoint.path, environment=source.name),
+                f"per-tensor digests of {checkpoint.name} at {source.name}",
+            )  # fmt: skip
+            report = await self._on(
+                target, checkpoint_compatibility,
+                CompatibilityInput(
+                    name=checkpoint.name, store=target.storage, path=checkpoint.path, source=inspection,
+                    environment=target.name, target_gpu_type=target.compute.gpu_type,
+                    target_gpu_count=target.compute.gpu_count, target_world_size=checkpoint.world_size,
+                ),
+                f"does {checkpoint.name} load on {target.name}?",
+            )  # fmt: skip
+            self.state.poc.checkpoints.append(report)
+            self.record_verdict(report.verdict)
+
+    def _encrypted(self) -> list[Checkpoint]:
+        return [c for c in self.plan.workloads.checkpoints if c.encryption is not None]
+
+    async def _seal(self, checkpoint: Checkpoint) -> SealResult:
+        """Move a checkpoint sealed under the operator's key; only the target's worker decrypts it."""
+        source, target = self.plan.source_env, self.plan.target_env
+        self.register_undo(
+            Compensation.of(remove_sealed, RemoveSealedInput(store=target.storage, sealed_path=checkpoint.path),
+                            task_queue=target.task_queue,
+                            summary=f"delete the sealed copy of {checkpoint.name} at {target.name}"),
+            announce=f"delete the sealed copy of {checkpoint.name} at {target.name}",
+        )  # fmt: skip
+        assert checkpoint.encryption is not None
+        sealed = await self._on(
+            source, seal_checkpoint,
+            SealInput(name=checkpoint.name, source=source.storage, source_path=checkpoint.path,
+                      target=target.storage, target_path=checkpoint.path, key=checkpoint.encryption),
+            f"seal {checkpoint.name} at {source.name} and send the chunks the target lacks",
+        )  # fmt: skip
+        self.state.egress_bytes += sealed.bytes_sent
+        self.state.egress_cost_usd = round(
+            self.state.egress_cost_usd + sealed.bytes_sent / 1e9 * source.egress_per_gb_usd, 6
+        )
+        opened = await self._on(
+            target, open_sealed,
+            OpenSealedInput(name=checkpoint.name, store=target.storage, sealed_path=checkpoint.path,
+                            destination_path=checkpoint.path),
+            f"verify and decrypt {checkpoint.name} on {target.name}'s worker",
+        )  # fmt: skip
+        self.register_undo(
+            Compensation.of(remove_sealed, RemoveSealedInput(store=target.storage, sealed_path=checkpoint.path,
+                                                             written=opened.written),
+                            task_queue=target.task_queue,
+                            summary=f"delete the decrypted copy of {checkpoint.name} at {target.name}"),
+            announce=f"delete the decrypted copy of {checkpoint.name} at {target.name}",
+        )  # fmt: skip
+        self.show_details()
+        return sealed
 
     async def parallel_run(self) -> None:
+        if self.plan.workloads.jobs:
+            for job in self.plan.workloads.jobs:
+                await self._job_arms(job)
+            return
         if not self.plan.workloads.datasets:
             self.audit("skyshift", "parallel_run_skipped", "the plan has no dataset to train on")
             return
@@ -301,11 +510,64 @@ class MigrationWorkflow:
             self.start_rollback(f"parallel run: {verdict.summary}", by="skyshift:parallel_run")
             self.raise_if_rollback()
 
+    async def _job_arms(self, job: JobSpec) -> None:
+        """Source, source again, target: the target's differences count only where they beat the source's own."""
+        source, target = self.plan.source_env, self.plan.target_env
+        first = await self._run_job(job, source, "source")
+        repeat = await self._run_job(job, source, "source-repeat")
+        moved = await self._run_job(job, target, "target")
+        comparison = await workflow.execute_activity(
+            compare_job_arms,
+            CompareJobArmsInput(job=job.name, source=first, source_repeat=repeat, target=moved,
+                                tolerances=self.plan.parallel_run.jobs),
+            task_queue=CONTROL_TASK_QUEUE, start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=HEARTBEAT,
+            cancellation_type=WAIT_CANCELLED, summary=f"{job.name}: three arms against the noise floor",
+        )  # fmt: skip
+        self.state.jobs.append(comparison)
+        self.state.parallel_run = comparison.verdict
+        self.record_verdict(comparison.verdict)
+        if comparison.verdict.outcome == "fail":
+            self.start_rollback(f"parallel run of {job.name}: {comparison.verdict.summary}", by="skyshift:parallel_run")
+            self.raise_if_rollback()
+
+    async def shadow(self) -> None:
+        """The same requests to both endpoints before any traffic moves: outputs judged against the source's noise."""
+        router = self.plan.workloads.router
+        if router is not None and any(e.shadow.mirror_percent > 0 for e in self._shadowed()):
+            self.register_undo(
+                Compensation.of(set_mirror, MirrorInput(router=router, percent=0), task_queue=CONTROL_TASK_QUEUE,
+                                summary="stop mirroring live traffic to the target"),
+                announce="stop mirroring live traffic to the target",
+            )  # fmt: skip
+        thresholds = self.plan.thresholds
+        limits = ShadowThresholds(latency_increase_pct=thresholds.latency_increase_pct,
+                                  error_rate_increase_pp=thresholds.error_rate_increase_pp,
+                                  confidence=thresholds.confidence)  # fmt: skip
+        for pair in self._shadowed():
+            result = await workflow.execute_activity(
+                run_shadow,
+                RunShadowInput(endpoint=pair, store=self.plan.source_env.storage, router=router, thresholds=limits),
+                task_queue=CONTROL_TASK_QUEUE, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=HEARTBEAT,
+                cancellation_type=WAIT_CANCELLED, summary=f"shadow {pair.name}: source twice, target once",
+            )  # fmt: skip
+            self.state.shadow.append(result)
+            self.record_verdict(result.verdict)
+            if result.verdict.outcome == "fail":
+                self.start_rollback(f"shadow {pair.name}: {result.verdict.summary}", by="skyshift:shadow")
+                self.raise_if_rollback()
+            if result.verdict.outcome != "pass" or pair.shadow.approval:
+                await self.gate(
+                    f"shadow-{pair.name}", f"shadow verdict {result.verdict.outcome}: {result.verdict.summary}"
+                )
+
     async def decommission(self) -> None:
         await self.wait(lambda: False, timeout=self.plan.soak_period, summary="soak at 100% before decommission")
         await self.gate("decommission", "archive and release the source: the last steps cannot be undone")
         result = self.state.decommission
-        result.final_sync = list(await asyncio.gather(*(self._copy(w, p, "final") for w, p in self._workloads())))
+        plain = self._plain_workloads()
+        result.final_sync = list(await asyncio.gather(*(self._copy(w, p, "final") for w, p in plain)))
+        for checkpoint in self._encrypted():
+            await self._seal(checkpoint)  # incremental: only chunks the sealed copy lacks are sent
         for name, path in self._workloads():
             request = self._archive_input(name, path)
             archived = await self._on(self.plan.source_env, archive_workload, request, f"archive {name}")
@@ -424,8 +686,18 @@ class MigrationWorkflow:
     # -- helpers shared by the phases -------------------------------------------------------------
 
     def _workloads(self) -> list[tuple[str, str]]:
+        """Every (name, path) the migration moves: datasets, checkpoints and the jobs' code."""
         w = self.plan.workloads
-        return [(d.name, d.path) for d in w.datasets] + [(c.name, c.path) for c in w.checkpoints]
+        return (
+            [(d.name, d.path) for d in w.datasets]
+            + [(c.name, c.path) for c in w.checkpoints]
+            + [(j.name, j.code) for j in w.jobs]
+        )
+
+    def _plain_workloads(self) -> list[tuple[str, str]]:
+        """What the delta engine copies as is: everything but checkpoints moved sealed."""
+        sealed = {c.name for c in self._encrypted()}
+        return [(name, path) for name, path in self._workloads() if name not in sealed]
 
     def _archive_input(self, name: str, path: str) -> ArchiveInput:
         return ArchiveInput(

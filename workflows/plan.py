@@ -16,8 +16,10 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from activities.checkpoints.kms import KeyRef
+from activities.jobs.spec import JobCostModel, JobSpec, JobTolerances
 from activities.metrics import EndpointPair, MetricsProvider, ScrapeProvider
-from activities.stores.base import StoreSpec
+from activities.stores.base import StoreSpec, overlap
 from activities.traffic import RouterSpec
 
 CONTROL_TASK_QUEUE = "skyshift.control"
@@ -216,27 +218,49 @@ class Dataset(_Model):
 class Checkpoint(_Model):
     name: str = Field(pattern=_NAME)
     path: RelativePath
-    format: Literal["torch", "safetensors"] = "torch"
+    format: Literal["torch", "safetensors", "dcp"] = "torch"
     parameters_billion: float | None = Field(
         None, gt=0, le=100_000, description="Model size, if known; else read from files (at most 100 trillion)"
+    )
+    encryption: KeyRef | None = Field(
+        None,
+        description="Move it sealed under keys you control: chunks AEAD-sealed at the source, integrity checked and "
+        "decrypted only by the target's worker (a KMS key id or file:///key; never key material)",
+    )
+    world_size: int | None = Field(
+        None, ge=1, le=65_536, description="Ranks that will load it at the target (default: the target's GPU count)"
     )
 
 
 class Workloads(_Model):
     datasets: list[Dataset] = Field(default_factory=list)
     checkpoints: list[Checkpoint] = Field(default_factory=list)
+    jobs: list[JobSpec] = Field(
+        default_factory=list, description="The operator's own jobs, run on both sides in the parallel run"
+    )
     endpoints: list[EndpointPair] = Field(default_factory=list)
     router: RouterSpec | None = None
     metrics: MetricsProvider = Field(default_factory=ScrapeProvider, description="Where endpoint metrics are read")
 
     @model_validator(mode="after")
     def _check(self) -> Workloads:
-        names = [w.name for w in (*self.datasets, *self.checkpoints, *self.endpoints)]
+        names = [w.name for w in (*self.datasets, *self.checkpoints, *self.jobs, *self.endpoints)]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"workload names must be unique; repeated: {', '.join(duplicates)}")
         if self.endpoints and self.router is None:
             raise ValueError("router: endpoints are listed, so a router is needed to shift their traffic")
+        datasets = {d.name for d in self.datasets}
+        for index, job in enumerate(self.jobs):
+            for used in job.uses:
+                if used not in datasets:
+                    raise FieldError(("jobs", index, "uses"), f"'{used}' is not a dataset of this plan "
+                                     f"({', '.join(sorted(datasets)) or 'none listed'})")  # fmt: skip
+        for index, endpoint in enumerate(self.endpoints):
+            mirrored = endpoint.shadow is not None and endpoint.shadow.mirror_percent > 0
+            if mirrored and (self.router is None or self.router.kind != "http"):
+                raise FieldError(("endpoints", index, "shadow", "mirror_percent"),
+                                 "mirroring live traffic needs skyshift's http router (router.kind: http)")  # fmt: skip
         for where, url in self._urls():
             if problem := http_url_problem(url):
                 raise FieldError(where, problem)
@@ -349,9 +373,26 @@ class BenchSpec(_Model):
     trials: int = Field(3, ge=1, le=50, description="Each environment runs the suite this many times; medians compared")
     matrix_size: int = Field(1024, ge=64, le=16384)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    seconds_per_test: float = Field(0.5, gt=0, le=60, description="Timed duration of each micro-benchmark per trial")
+    sustained_seconds: float | None = Field(
+        None, gt=0, le=3600, description="Length of the sustained run (default 60 s on GPU, 2 s on CPU)"
+    )
+    allreduce_processes: int | None = Field(
+        None, ge=0, le=1024, description="All-reduce ranks (default: every GPU when there are several; 0: skip)"
+    )
+    min_ceiling_fraction: float = Field(
+        0.5, ge=0, le=1, description="A target figure below this share of its datasheet peak is flagged"
+    )
+    max_sustained_drop_pct: float = Field(10.0, ge=0, le=100, description="Burst-to-sustained drop allowed")
+    job: str | None = Field(None, description="One of workloads.jobs, benchmarked on both sides (the POC on your job)")
+    job_steps: int = Field(50, ge=1, le=10_000_000, description="Steps each benchmark trial of the job runs")
+    cost: JobCostModel = Field(default_factory=JobCostModel, description="How the migration's egress is amortized")
 
 
 class ParallelRunSpec(_Model):
+    jobs: JobTolerances = Field(
+        default_factory=JobTolerances, description="How the job arms are compared (noise-floor margin, tolerances)"
+    )
     seed: int = 1234
     steps: int = Field(60, ge=5, le=100_000)
     batch_size: int = Field(64, ge=1, le=65_536)
@@ -393,6 +434,11 @@ class MigrationPlan(_Model):
                 )
         if self.source == self.target:
             raise ValueError("target: must differ from source")
+        jobs = [j.name for j in self.workloads.jobs]
+        if self.bench.job is not None and self.bench.job not in jobs:
+            raise FieldError(("bench", "job"), f"'{self.bench.job}' is not one of workloads.jobs ({', '.join(jobs)})")
+        if (why := overlap(self.source_env.storage, self.target_env.storage, resolve=False)) is not None:
+            raise FieldError(("environments",), f"the source and target storage overlap ({why})")
         return self
 
     def environment(self, name: str) -> Environment:

@@ -21,6 +21,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.checkpoints.sealed import remove_sealed
+    from activities.shadow.runner import set_mirror
     from activities.traffic import route_traffic
     from activities.transfer.ledger import remove_created
 
@@ -29,7 +31,7 @@ UNDO_RETRY = RetryPolicy(
 )
 
 #: Every activity a compensation may call. Each is idempotent: running it twice equals once.
-UNDO_ACTIVITIES: tuple[Callable[..., Any], ...] = (remove_created, route_traffic)
+UNDO_ACTIVITIES: tuple[Callable[..., Any], ...] = (remove_created, route_traffic, remove_sealed, set_mirror)
 
 
 def activity_name(fn: Callable[..., Any]) -> str:

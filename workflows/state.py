@@ -16,12 +16,18 @@ from workflows.sync import SyncResult
 with workflow.unsafe.imports_passed_through():
     from activities.assess import AssessReport
     from activities.bench import BenchResult
+    from activities.bench.judge import PocJudgement
+    from activities.checkpoints.compat import CompatibilityReport
+    from activities.checkpoints.sealed import SealResult
+    from activities.jobs import JobBenchComparison, JobComparison
     from activities.metrics import EndpointSnapshot
+    from activities.shadow.runner import ShadowResult
     from activities.transfer.archive import ReleaseResult
     from activities.validate import PocComparison, SideWindow, Verdict
 
 #: The lifecycle, in order (MigrationWorkflow.lifecycle() runs these); `status` shows the same words.
-PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
+#: `shadow` runs only when an endpoint has a `shadow` section.
+PHASES = ("assess", "poc", "parallel_run", "shadow", "cutover", "decommission")
 #: The phase list of workers that counted phases by index (`next_phase`), to resume their state.
 LEGACY_PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
 Phase = Literal["pending", "assess", "poc", "parallel_run", "shadow", "cutover", "decommission", "rolling_back", "done"]
@@ -79,9 +85,14 @@ class CutoverProgress(BaseModel):
 
 class PocResult(BaseModel):
     transfers: list[SyncResult] = Field(default_factory=list)
+    sealed: list[SealResult] = Field(default_factory=list, description="Checkpoints moved encrypted")
+    checkpoints: list[CompatibilityReport] = Field(default_factory=list, description="Per checkpoint, at the target")
+    code_roots: dict[str, str] = Field(default_factory=dict, description="Job name → BLAKE3 root of its code")
     source_bench: list[BenchResult] = Field(default_factory=list)
     target_bench: list[BenchResult] = Field(default_factory=list)
     comparison: PocComparison | None = None
+    judgement: PocJudgement | None = Field(None, description="The micro-suite side by side, ceilings, compatibility")
+    job_bench: JobBenchComparison | None = Field(None, description="The operator's job benchmarked on both sides")
 
 
 class DecommissionResult(BaseModel):
@@ -106,6 +117,8 @@ class MigrationState(BaseModel):
     assessment: AssessReport | None = None
     poc: PocResult = Field(default_factory=PocResult)
     parallel_run: Verdict | None = None
+    jobs: list[JobComparison] = Field(default_factory=list, description="Parallel run: each job's three-arm comparison")
+    shadow: list[ShadowResult] = Field(default_factory=list, description="Shadow phase: each endpoint's comparison")
     cutover: CutoverProgress = Field(default_factory=CutoverProgress)
     decommission: DecommissionResult = Field(default_factory=DecommissionResult)
     verdicts: list[Verdict] = Field(default_factory=list)

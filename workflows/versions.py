@@ -31,6 +31,8 @@ INTERRUPT_LONG_WORK = "2026-11-interrupt-long-work"
 COMPENSATE_EVERY_EXIT = "2026-11-compensate-every-exit"
 SYNC_V2 = "2026-11-sync-v2"
 EMPTY_SOURCE_STOPS = "2026-11-empty-source-stops"
+CHECKPOINT_REPORTS = "2026-11-checkpoint-reports"
+BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -41,4 +43,8 @@ PATCHES: tuple[Patch, ...] = (
           "DatasetSyncWorkflow: metadata outside the data, pipelined ranges, deletes bounded and done last"),
     Patch(EMPTY_SOURCE_STOPS, "2026-11-29",
           "a workload with no objects at the source stops the migration at assess instead of copying nothing"),
+    Patch(CHECKPOINT_REPORTS, "2026-11-29",
+          "checkpoints inspected at assess (unsafe ones stop it) and judged on the target's worker in the POC"),
+    Patch(BENCH_SUITE_JUDGE, "2026-11-29",
+          "the POC micro-suite is judged side by side and against datasheet ceilings, with the environment matrix"),
 )  # fmt: skip

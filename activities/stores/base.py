@@ -127,6 +127,12 @@ class PartWriter(abc.ABC):
     @abc.abstractmethod
     def put_part(self, number: int, data: bytes) -> PartInfo: ...
 
+    def copy_part(self, number: int, source_key: str, start: int, end: int, etag: str | None) -> PartInfo | None:
+        """Fill part `number` with bytes [start, end) of `source_key` in the same store, inside the provider
+        (only where `capabilities.part_copy`). `etag` pins the version whose bytes the caller knows: None
+        when the object is no longer that version (the caller then streams the part instead)."""
+        return None
+
     @abc.abstractmethod
     def complete(self, parts: list[PartInfo]) -> ObjectInfo: ...
 
@@ -139,28 +145,44 @@ class PartWriter(abc.ABC):
         provider no longer knows the upload (completed or aborted meanwhile)."""
 
 
-class Capabilities(BaseModel):
-    """What a backend can do and its limits, as data the transfer engine reads before acting."""
+_MiB = 1 << 20
 
-    ranged_read: bool = True
-    #: `copy_object` copies within the provider without the bytes passing through the worker.
+
+class Capabilities(BaseModel):
+    """What a backend can do and its limits, as data the transfer engine reads before acting.
+
+    Every field is read by the engine (a declared feature nothing checks is a lie in waiting); ranged
+    reads and multipart writes are not listed because every backend must have them.
+    """
+
+    #: `copy_object` copies a whole object inside the provider, the bytes never passing through the worker
+    #: (ledger backups and restores; without it they are streamed through the worker).
     server_side_copy: bool = False
-    multipart_writer: bool = False
+    #: `PartWriter.copy_part` fills a part from a byte range of an object in the same store inside the
+    #: provider (S3 UploadPartCopy with CopySourceRange): a rebuild copies long unchanged runs instead of
+    #: reading them back through the worker.
+    part_copy: bool = False
     #: Largest object a single server-side copy call may produce, if limited (S3 CopyObject: 5 GiB).
     max_single_copy_bytes: int | None = None
+    #: The part size the engine starts from: it bounds what a killed rebuild sends again and how many
+    #: requests an object costs; raised to fit `max_parts`, never below `min_part_bytes`.
+    part_bytes: int = 8 * _MiB
     max_parts: int | None = None
     min_part_bytes: int | None = None
     max_part_bytes: int | None = None
+    #: Requests worth keeping in flight from one worker: an object store across a network is bound by
+    #: latency and wants many; a local disk is bound by the worker's CPU and wants a few.
+    parallel_requests: int = Field(8, ge=1)
     #: Longest key the provider accepts, in UTF-8 bytes, and longest path segment (a file name).
     max_key_bytes: int | None = None
     max_segment_bytes: int | None = None
 
 
-def part_size_for(size: int, capabilities: Capabilities, preferred: int) -> int:
-    """The part size for an object of `size` bytes: `preferred`, raised to fit the store's part count
-    and floor, capped by its part ceiling (S3: 5 MiB..5 GiB and 10,000 parts; GCS compose: 32 sources
-    a call, folded, so only the floor matters)."""
-    part = max(preferred, capabilities.min_part_bytes or 0)
+def part_size_for(size: int, capabilities: Capabilities, preferred: int | None = None) -> int:
+    """The part size for an object of `size` bytes: the store's `part_bytes` (or `preferred`), raised to
+    fit its part count and floor, capped by its part ceiling (S3: 5 MiB..5 GiB and 10,000 parts; GCS
+    compose: 1,024 components)."""
+    part = max(preferred or capabilities.part_bytes, capabilities.min_part_bytes or 0)
     if capabilities.max_parts:
         part = max(part, -(-size // capabilities.max_parts))
     if capabilities.max_part_bytes:
@@ -199,26 +221,28 @@ def reserved_prefix(spec: StoreSpec) -> str | None:
     return inside[len(root) :].rstrip("/") + "/" if inside.startswith(root) else None
 
 
-def location(spec: StoreSpec) -> tuple[str, ...]:
+def location(spec: StoreSpec, resolve: bool = True) -> tuple[str, ...]:
     """A store's location as comparable parts: scheme, endpoint, bucket, then path segments.
 
-    Local paths are resolved (symlinks, `..`), so two spellings of one directory compare equal.
+    With `resolve`, local paths are resolved on this machine (symlinks), so two spellings of one
+    directory compare equal; without it (plan validation, which also runs inside workflows and must
+    not touch the filesystem) only their normalized text is compared.
     """
     scheme, rest = spec.url.split("://", 1)
     if scheme == "file":
-        resolved = os.path.realpath(rest or "/")
+        resolved = os.path.realpath(rest or "/") if resolve else os.path.normpath(rest or "/")
         return ("file", "", "", *[p for p in resolved.split("/") if p])
     bucket, _, path = rest.partition("/")
     return (scheme, spec.endpoint or "", bucket, *[p for p in path.split("/") if p])
 
 
-def overlap(a: StoreSpec, b: StoreSpec) -> str | None:
+def overlap(a: StoreSpec, b: StoreSpec, resolve: bool = True) -> str | None:
     """How two stores overlap ('the same location', 'X is inside Y'), or None when they are apart.
 
     A sync between overlapping stores would delete its own source (`--delete`) or copy into itself
     without end, so it is refused before anything starts (rclone refuses the same).
     """
-    left, right = location(a), location(b)
+    left, right = location(a, resolve), location(b, resolve)
     if left == right:
         return f"{a.url} and {b.url} are the same location"
     if right[: len(left)] == left:
@@ -274,12 +298,16 @@ class Store(abc.ABC):
         """A readable stream of bytes [start, end) of the object (end None: to the end)."""
 
     @abc.abstractmethod
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(self, key: str, path: Path, durable: bool = True) -> ObjectInfo:
         """Write a local file as the object, atomically: readers see the old object or the new one."""
 
     @abc.abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        """Write a small object atomically (manifests, ledgers)."""
+    def put_bytes(self, key: str, data: bytes, durable: bool = True) -> ObjectInfo:
+        """Write a small object atomically. `durable=False`: it may be lost in a crash until the next
+        `flush()` (object stores are durable once a write returns and ignore it)."""
+
+    def flush(self) -> None:
+        """Make every write so far durable (a local filesystem syncs once for a batch of small writes)."""
 
     @abc.abstractmethod
     def remove(self, key: str) -> bool:
