@@ -65,11 +65,18 @@ def make_plan(tag: str, source_url: str, target_url: str, **overrides: Any) -> M
     return parse_plan(plan_data(tag, source_url, target_url, **overrides))
 
 
+def tiny_checkpoint(seed: int = 0) -> bytes:
+    """A real torch state dict (a checkpoint skyshift can inspect), a few kB."""
+    from starters.seed import checkpoint_bytes
+
+    return checkpoint_bytes(16, seed)
+
+
 def seed(url: str, objects: int = 4, size: int = 150_000) -> dict[str, bytes]:
     """Write a small dataset and a checkpoint; return key → bytes."""
     store = open_store(url)
     written = {f"datasets/corpus/part-{i:03d}.bin": os.urandom(size) for i in range(objects)}
-    written["checkpoints/model/model.pt"] = os.urandom(20_000)
+    written["checkpoints/model/model.pt"] = tiny_checkpoint()
     for key, data in written.items():
         store.put_bytes(key, data)
     return written

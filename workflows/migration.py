@@ -254,6 +254,12 @@ class MigrationWorkflow:
             source, inventory_storage, InventoryInput(store=source.storage, workloads=workloads),
             f"inventory {source.storage.url}",
         )  # fmt: skip
+        empty = [w.name for w in inventory.workloads if w.objects == 0]
+        if empty and workflow.patched(EMPTY_SOURCE_STOPS):
+            raise StopMigration(
+                f"no objects at {source.name} for {', '.join(empty)}: a missing source is never an empty dataset "
+                "(check the workload paths and the storage URL)"
+            )
         parameters = await self._inspect_checkpoints() if workflow.patched(CHECKPOINT_REPORTS) else {}
         report = await workflow.execute_activity(
             project_assessment,
@@ -273,12 +279,6 @@ class MigrationWorkflow:
         )
         self.state.assessment = report
         self.show_details()
-        empty = [w.name for w in inventory.workloads if w.objects == 0]
-        if empty and workflow.patched(EMPTY_SOURCE_STOPS):
-            raise StopMigration(
-                f"no objects at {source.name} for {', '.join(empty)}: a missing source is never an empty dataset "
-                "(check the workload paths and the storage URL)"
-            )
         if not report.residency_ok:
             raise StopMigration(f"data residency: {report.residency_detail}")
         if report.over_budget:
@@ -290,7 +290,7 @@ class MigrationWorkflow:
 
     async def poc(self) -> None:
         plain = self._plain_workloads()
-        self.state.poc.transfers = list(await asyncio.gather(*(self._copy(w, p, "poc") for w, p in plain)))
+        self.state.poc.transfers = await self._together([self._copy(w, p, "poc") for w, p in plain])
         for checkpoint in self._encrypted():
             self.state.poc.sealed.append(await self._seal(checkpoint))
         for job in self.plan.workloads.jobs:
@@ -565,7 +565,7 @@ class MigrationWorkflow:
         await self.gate("decommission", "archive and release the source: the last steps cannot be undone")
         result = self.state.decommission
         plain = self._plain_workloads()
-        result.final_sync = list(await asyncio.gather(*(self._copy(w, p, "final") for w, p in plain)))
+        result.final_sync = await self._together([self._copy(w, p, "final") for w, p in plain])
         for checkpoint in self._encrypted():
             await self._seal(checkpoint)  # incremental: only chunks the sealed copy lacks are sent
         for name, path in self._workloads():
@@ -719,6 +719,27 @@ class MigrationWorkflow:
             cancellation_type=WAIT_CANCELLED,
             summary=summary,
         )
+
+    async def _together(self, works: list[Coroutine[Any, Any, SyncResult]]) -> list[SyncResult]:
+        """Run work side by side; when one fails, stop the others (and wait for them) before the undo."""
+        tasks = [asyncio.ensure_future(work) for work in works]
+        if not tasks:
+            return []
+        try:
+            await workflow.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            # Cancelled from above (a rollback, a cancel): `wait` does not pass that on; stop each child and wait.
+            for task in tasks:
+                task.cancel()
+            await workflow.wait(tasks)
+            raise
+        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+        if failed and workflow.patched(COMPENSATE_EVERY_EXIT):
+            for task in tasks:
+                task.cancel()
+            await workflow.wait(tasks)
+            raise failed[0].exception()  # the failure, not the cancellations it caused
+        return [await task for task in tasks]
 
     async def _copy(self, name: str, path: str, phase: str) -> SyncResult:
         """Delta-sync one workload to the target as a child workflow; its undo is registered first."""
