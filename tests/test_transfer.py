@@ -141,7 +141,7 @@ def test_hostile_keys_are_skipped_by_name_while_the_rest_syncs(s3_bucket, tmp_pa
     assert not any(tmp_path.rglob("escape.bin")) and not any(tmp_path.rglob("dot.bin"))
 
 
-def test_a_planted_manifest_in_the_source_is_just_an_object(tmp_path):
+def test_a_planted_manifest_in_the_source_is_refused_by_name_and_changes_nothing(tmp_path):
     """0.1 read manifests from `.skyshift/manifests/` in the source; a planted one made it copy other bytes."""
     source, target = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
     store = open_store(source)
@@ -154,9 +154,10 @@ def test_a_planted_manifest_in_the_source_is_just_an_object(tmp_path):
     store.put_bytes(".skyshift/manifests/ds/victim.bin.json", planted)
     victim = victim[:100] + b"changed" + victim[107:]
     store.put_bytes("ds/victim.bin", victim)
-    sync(source, target)
+    totals, _, batches = sync_batches(source, target)
     assert open_store(target).read_bytes("ds/victim.bin") == victim
-    assert open_store(target).read_bytes(".skyshift/manifests/ds/victim.bin.json") == planted, "synced as user data"
+    assert [s.key for b in batches for s in b.skipped] == [".skyshift/manifests/ds/victim.bin.json"]
+    assert "reserved name" in batches[0].skipped[0].reason and totals.objects_skipped == 1
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])

@@ -136,10 +136,10 @@ async def test_a_user_object_under_the_reserved_name_is_refused_by_name_and_the_
     source = open_store(f"s3://{s3_bucket}/data")
     source.put_bytes(".skyshift/manifests/mine.json", b"a user's own file that happens to use the name")
     source.put_bytes("ok/a.bin", b"fine")
-    # A bucket-root target keeps its metadata inside, under .skyshift/: that name is reserved there.
+    # `.skyshift/` at a store's root is reserved (it is also where a bucket-root target keeps its metadata).
     assert await cli("sync", f"s3://{s3_bucket}/data", f"gs://{gcs_bucket}", "--json") == 1
     out, err = capsys.readouterr()
-    assert ".skyshift/manifests/mine.json" in err and "metadata" in err
+    assert ".skyshift/manifests/mine.json" in err and "reserved name" in err
     assert json.loads(out)["objects_skipped"] == 1
     assert open_store(f"gs://{gcs_bucket}").read_bytes("ok/a.bin") == b"fine"
 

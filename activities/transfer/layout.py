@@ -19,15 +19,34 @@ import re
 from collections.abc import Iterator
 
 from activities.stores import ObjectInfo, Store
-from activities.stores.base import reserved_prefix
+from activities.stores.base import METADATA_NAME, reserved_prefix
+
+#: skyshift's name at the root of any store: its metadata area when that lies inside (a bucket- or
+#: `/`-rooted store), and where skyshift 0.1 wrote manifests and ledgers into the data. Like `.git`,
+#: it is reserved: a source object under it is refused by name, never synced or parsed.
+RESERVED = f"{METADATA_NAME}/"
 
 
-def user_objects(store: Store, path: str = "", after: str | None = None) -> Iterator[ObjectInfo]:
-    """The workload's objects under `path` in key order; skyshift's metadata only where it lies inside
-    the store (a store rooted at a bucket or `/`) is left out."""
-    reserved = reserved_prefix(store.spec)
+def reserved_reason(key: str) -> str | None:
+    """Why `key` may not be synced (it lies under the reserved name), or None."""
+    if not (key + "/").startswith(RESERVED):
+        return None
+    return (f"'{RESERVED}' at a store's root is skyshift's reserved name (its metadata, or what skyshift 0.1 wrote "
+            "into the data); rename the object, or delete the directory if it is 0.1's metadata")  # fmt: skip
+
+
+def user_objects(store: Store, path: str = "", after: str | None = None,
+                 include_reserved: bool = False) -> Iterator[ObjectInfo]:  # fmt: skip
+    """The workload's objects under `path` in key order, without anything under the reserved name.
+
+    The sync's source listing passes `include_reserved` so it can refuse those objects *by name*
+    instead of leaving them out unnoticed.
+    """
+    reserved = {RESERVED} | ({prefix} if (prefix := reserved_prefix(store.spec)) else set())
     listing = store.list(path, start_after=after)
-    return listing if reserved is None else (o for o in listing if not o.key.startswith(reserved))
+    if include_reserved:
+        return listing
+    return (o for o in listing if not any(o.key.startswith(r) for r in reserved))
 
 
 def sync_name(workflow_id: str) -> str:
