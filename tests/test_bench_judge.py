@@ -208,6 +208,23 @@ def test_figures_are_held_to_the_plans_tolerances():
     assert "[" in checks["latency:latency_b16_p99"].detail  # both spreads are shown beside the medians
 
 
+def test_a_difference_inside_the_trials_spread_is_noise_not_a_regression():
+    def latency(median: float, low: float, high: float) -> Measurement:
+        return Measurement(name="latency_b8_p99", kind="latency", unit="ms", median=median, min=low, max=high,
+                           values=[low, median, high], higher_is_better=False)  # fmt: skip
+
+    # A shared CPU: medians 25% apart, but the trials overlap (the demo measured exactly this).
+    noisy = judge_bench(JudgeBenchInput(source=[result("a", "cpu", [latency(10.0, 6.1, 13.9)])],
+                                        target=[result("b", "cpu", [latency(12.5, 9.5, 15.5)])]))  # fmt: skip
+    check = next(c for c in noisy.verdict.checks if c.metric == "latency:latency_b8_p99")
+    assert check.outcome == "pass" and "spreads overlap" in check.detail and "+25.0%" in check.detail
+    # The same medians with tight trials: a real regression.
+    real = judge_bench(JudgeBenchInput(source=[result("a", "cpu", [latency(10.0, 9.8, 10.2)])],
+                                       target=[result("b", "cpu", [latency(12.5, 12.3, 12.7)])]))  # fmt: skip
+    check = next(c for c in real.verdict.checks if c.metric == "latency:latency_b8_p99")
+    assert check.outcome == "fail" and check.observed == 25.0
+
+
 def test_throttling_and_memory_errors_on_the_target_fail_the_poc():
     hot = TelemetrySummary(gpu=0, samples=600, clock_event_reasons=["sw_power_cap", "hw_thermal_slowdown"],
                            throttled_fraction=0.7, ecc_uncorrected_delta=0)  # fmt: skip
