@@ -63,3 +63,16 @@ def test_bench_cli_json_is_one_object(capsys):
     assert main(["bench", "--device", "cpu", "--trials", "1", "--size", "128", "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and json.loads(out)["device"] == "cpu"
+
+
+def test_the_endpoint_never_runs_a_checkpoints_pickle(tmp_path):
+    """A checkpoint whose pickle would create a file: the deployment refuses it, naming it, and runs nothing."""
+    from activities.checkpoints.errors import UnsafeCheckpointError
+    from tests.checkpoint_files import evil_checkpoint
+    from workers.endpoint import load_model
+
+    marker = tmp_path / "pwned"
+    evil_checkpoint(tmp_path / "store" / "model.pt", marker)
+    with pytest.raises(UnsafeCheckpointError, match=r"model\.pt"):
+        load_model(f"file://{tmp_path}/store", "model.pt")
+    assert not marker.exists()

@@ -4,8 +4,9 @@ POST /v1/predict {"inputs": [[16 floats], ...]}
                  → {"outputs": [[4 logits], ...], "labels": ["class-2", ...], "served_by": env}
 GET  /metrics    Prometheus text: requests, errors, latency histogram (user traffic only)
 GET|PUT /-/faults {"latency_factor": 1.4, "error_rate": 0.05, "output_noise": 0.001}: make this side worse
-The model loads from the environment's own storage (`torch.load(weights_only=True)`: no pickle
-code runs), so the target serves the checkpoint that the migration copied. For shadow tests and
+The model loads from the environment's own storage through skyshift's checkpoint reader (an
+allow-listed unpickler: no pickle code ever runs, not even torch's `weights_only` path), so the
+target serves the checkpoint that the migration copied. For shadow tests and
 the drift demo a deployment can serve perturbed weights (`--perturb`) or another dtype
 (`--dtype`). Requests marked `X-Skyshift-Shadow` (skyshift's comparisons) are counted apart, so
 the cutover judges user traffic only.
@@ -14,7 +15,6 @@ the cutover judges user traffic only.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import threading
@@ -25,6 +25,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 
+from activities.checkpoints.compare import load_tensors_from_bytes
 from activities.metrics import LATENCY_BUCKETS
 from activities.shadow.spec import SHADOW_HEADER
 from activities.stores import open_store
@@ -57,7 +58,7 @@ def load_model(store_url: str | None, key: str | None, perturb: float = 0.0, dty
                seed: int = 0) -> torch.nn.Module:  # fmt: skip
     model = tiny_model()
     if store_url and key:
-        state = torch.load(io.BytesIO(open_store(store_url).read_bytes(key)), weights_only=True, map_location="cpu")
+        state = load_tensors_from_bytes(open_store(store_url).read_bytes(key), f"{store_url}/{key}")
         model.load_state_dict(state)
     return drift(model, perturb, dtype, seed).eval()
 
