@@ -148,6 +148,7 @@ async def test_operator_commands_drive_a_migration(tmp_path, client, capsys):
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert malformed.returncode != 0, "a rollback without a reason, from any client, is rejected"
+        assert "RollbackInput" in malformed.stderr and "reason" in malformed.stderr, malformed.stderr
         held = await client.get_workflow_handle(workflow_id).query(MigrationWorkflow.status)
         assert held.rollback_request is None and held.outcome is None
 

@@ -151,3 +151,92 @@ def test_the_page_renders_in_headless_chromium(reports, scenario, tmp_path):
 def test_report_json_round_trips(reports):
     for _, _, report, _ in reports.values():
         assert Report.model_validate(json.loads(report.model_dump_json())) == report
+
+
+def job_run(store_url: str, job: str, env: str, arm: str, losses: list[float], step_s: float, trial: int = 0) -> dict:
+    """One `run_job` result as the history holds it: the job's metric lines stored by reference.
+
+    The lines are what a job writes through the skyshift.jobs contract (step, loss, samples, time);
+    the timing and the reference are computed by the jobs engine's own functions.
+    """
+    import blake3
+
+    from activities.jobs.files import ArtifactRef
+    from activities.jobs.run import JobResult
+    from activities.jobs.series import load_series, timing
+    from activities.stores import StoreSpec, open_store
+
+    started = 1_800_000_000.0
+    lines = "".join(json.dumps({"step": i + 1, "loss": loss, "samples": 64, "time": started + 2 + i * step_s}) + "\n"
+                    for i, loss in enumerate(losses)).encode()  # fmt: skip
+    key = f"jobs/{job}/{arm}-{trial}-{env}/metrics.jsonl"
+    open_store(store_url).put_bytes(key, lines)
+    records = load_series(lines)
+    return JobResult(
+        job=job, environment=env, arm=arm, status="succeeded", exit_code=0, code_root="ab" * 32,
+        steps_logged=len(losses), last_step=len(losses), last_loss=losses[-1],
+        timing=timing(records, started, records[-1]["time"], None),
+        metrics=ArtifactRef(store=StoreSpec(url=store_url), key=key, size=len(lines),
+                            blake3=blake3.blake3(lines).hexdigest()),
+    ).model_dump(mode="json")  # fmt: skip
+
+
+def test_the_operators_job_gives_curves_by_reference_cost_per_epoch_and_convergence(reports, tmp_path):
+    from activities.jobs.bench import JobBenchSide, JudgeJobBenchInput, judge_job_bench
+    from activities.jobs.run import JobResult
+    from activities.jobs.spec import JobSpec
+    from starters.report.build import build_report
+    from starters.report.history import ActivityRecord
+
+    recorded, state, _, _ = reports["demo_ok"]
+    recorded, state = recorded.model_copy(deep=True), state.model_copy(deep=True)
+    plan, store = recorded.plan, f"file://{tmp_path}/metadata"
+    source_losses = [3.0 * 0.8**i + 0.5 for i in range(60)]  # descends, then levels off near 0.5
+    target_losses = [source_losses[0]] * 10 + source_losses[:50]  # the same descent, ten steps late
+    arms = [
+        job_run(store, "toy", plan.source, "source", source_losses, 0.1),
+        job_run(store, "toy", plan.source, "source-repeat", source_losses, 0.1),
+        job_run(store, "toy", plan.target, "target", target_losses, 0.08),
+    ]
+    bench = {env: [job_run(store, "toy", env, "bench", source_losses[:20], step, t) for t in range(2)]
+             for env, step in ((plan.source, 0.1), (plan.target, 0.08))}  # fmt: skip
+    comparison = judge_job_bench(JudgeJobBenchInput(
+        job=JobSpec(name="toy", code="jobs/toy", command=["python", "train.py"], samples_per_epoch=100_000),
+        source=JobBenchSide(environment=plan.source, trials=[JobResult.model_validate(r) for r in bench[plan.source]],
+                            price_per_gpu_hour=plan.source_env.compute.price_per_gpu_hour),
+        target=JobBenchSide(environment=plan.target, trials=[JobResult.model_validate(r) for r in bench[plan.target]],
+                            price_per_gpu_hour=plan.target_env.compute.price_per_gpu_hour),
+    ))  # fmt: skip
+    state.poc.job_bench = comparison
+    at = recorded.closed_at
+    for result in [*bench[plan.source], *bench[plan.target], *arms]:
+        recorded.activities.append(ActivityRecord(activity="run_job", scheduled_at=at, closed_at=at, result=result,
+                                                  status="completed"))  # fmt: skip
+    judged = comparison.model_dump(mode="json")
+    recorded.activities.append(ActivityRecord(activity="judge_job_bench", scheduled_at=at, closed_at=at,
+                                              result=judged, status="completed"))  # fmt: skip
+
+    report = build_report(recorded, state)
+    curves = {c.arm: c for c in report.series.loss_curves if c.job == "toy"}
+    assert not report.series.notes, report.series.notes
+    assert set(curves) == {"source", "source-repeat", "target"}
+    assert curves["target"].values == pytest.approx(target_losses) and curves["source"].source.startswith(store)
+    epoch = report.executive.target.per_epoch
+    assert epoch.median == comparison.target.cost_per_epoch_usd and "toy" in epoch.basis
+    assert report.state.job_target_cost_per_epoch_usd == comparison.target.cost_per_epoch_usd
+    assert any("the job 'toy' throughput ratio" in a for a in report.executive.savings.assumptions)
+    assert [p.kind for p in report.series.throughput_trials].count("job:toy") == 4
+    reached = {c.arm.split(": ")[1].split(" ")[0]: c for c in report.executive.convergence}
+    assert set(reached) == {"source", "source-repeat", "target"}
+    source_step, target_step = (int(reached[a].detail.split(" ")[1].rstrip(":")) for a in ("source", "target"))
+    assert target_step == source_step + 10, "the target's loss, ten steps late, converges ten steps later"
+    judged = next(r for r in report.verdicts if r.subject == comparison.verdict.subject)
+    assert "run_job" in judged.query
+
+    # A series changed after it was recorded is refused, and the report says so instead of drawing it.
+    from activities.stores import open_store
+
+    open_store(store).put_bytes(arms[2]["metrics"]["key"], b'{"step": 1, "loss": 0.0}\n')
+    tampered = build_report(recorded, state)
+    assert "target" not in {c.arm for c in tampered.series.loss_curves if c.job == "toy"}
+    assert any("changed since it was recorded" in note for note in tampered.series.notes)

@@ -7,6 +7,7 @@ same inputs always give the same report. The tables of what is read are data at 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable
@@ -57,8 +58,36 @@ def figure(values: list[float], unit: str, basis: str, median: float | None = No
 # -- economics ------------------------------------------------------------------------------------
 
 
+def _job_bench(state: MigrationState):
+    """The operator's job benchmarked on both sides (POC), when the plan has jobs."""
+    return getattr(state.poc, "job_bench", None)
+
+
+def _job_figure(summary, cost: float, unit: str, basis: str) -> Figure:
+    """A job-bench cost with its spread: cost scales with 1 / throughput over the trials."""
+    rate = summary.per_s
+    low = cost * rate.median / rate.max if rate.median and rate.max else cost
+    high = cost * rate.median / rate.min if rate.median and rate.min else cost
+    return Figure(median=cost, low=low, high=high, n=summary.trials_ok, unit=unit, basis=basis)
+
+
+def _job_basis(job: str, summary) -> str:
+    rate = summary.per_s
+    spread = f" (range {rate.min:,.4g} to {rate.max:,.4g})" if rate.min is not None else ""
+    return (f"the operator's job '{job}' on {summary.environment}: {summary.trials_ok} trial(s) at "
+            f"{rate.median:,.4g} {summary.unit}/s{spread}, ${summary.price_per_hour:,.2f}/h for "
+            f"{summary.billed_units} billed unit(s)")  # fmt: skip
+
+
 def per_1k_samples(state: MigrationState, side: str, price: float) -> Figure | None:
-    """The POC's cost per 1k training samples: the state's figure, with the spread over benchmark trials."""
+    """Cost per 1k training samples: the operator's job when it was benchmarked, else the POC micro-suite.
+
+    Either way the median is the state's own figure; the range is the spread over trials.
+    """
+    job = _job_bench(state)
+    summary = getattr(job, side, None) if job is not None else None
+    if summary is not None and summary.cost_per_1k_samples_usd is not None and summary.per_s.median:
+        return _job_figure(summary, summary.cost_per_1k_samples_usd, "USD per 1k samples", _job_basis(job.job, summary))
     comparison = state.poc.comparison
     results = state.poc.source_bench if side == "source" else state.poc.target_bench
     trials = [t.train_samples_per_s for r in results for t in r.trials]
@@ -77,8 +106,16 @@ def per_1k_samples(state: MigrationState, side: str, price: float) -> Figure | N
     )
 
 
-def per_epoch(recorded: Recorded, env: Environment, price: float) -> Figure | None:
-    """Cost of one pass of the parallel-run job on this side: its measured wall time x the hourly price."""
+def per_epoch(recorded: Recorded, state: MigrationState, env: Environment, side: str, price: float) -> Figure | None:
+    """Cost per epoch: the operator's job's (POC job bench), else one pass of the seeded parallel-run job."""
+    job = _job_bench(state)
+    summary = getattr(job, side, None) if job is not None else None
+    if summary is not None and summary.cost_per_epoch_usd is not None and summary.per_s.median:
+        epoch = f"{summary.samples_per_epoch:,.0f} samples" if summary.samples_per_epoch else "one epoch"
+        hours = f", {summary.hours_per_epoch:.4g} h" if summary.hours_per_epoch is not None else ""
+        egress = f", egress ${summary.egress_usd_per_epoch:,.4g}" if summary.egress_usd_per_epoch else ""
+        basis = f"{_job_basis(job.job, summary)}; epoch = {epoch}{hours}{egress}"
+        return _job_figure(summary, summary.cost_per_epoch_usd, "USD per epoch", basis)
     runs = [a.result for a in recorded.results("train_seeded") if a.result.get("environment") == env.name]
     if not runs:
         return None
@@ -142,13 +179,25 @@ def double_running_hours(recorded: Recorded, now: datetime) -> tuple[float, str]
     return planned.total_seconds() / 3600, "planned: the cutover stages' durations plus the soak period"
 
 
-def savings(recorded: Recorded, state: MigrationState, now: datetime) -> Savings | None:
+def throughput_ratio(state: MigrationState) -> tuple[float, str] | None:
+    """Target over source throughput: the operator's job's when benchmarked, else the POC micro-suite's."""
+    job = _job_bench(state)
+    if job is not None and job.throughput_ratio:
+        return job.throughput_ratio, f"the job '{job.job}' throughput ratio"
     comparison = state.poc.comparison
-    if comparison is None or comparison.throughput_ratio <= 0:
+    if comparison is not None and comparison.throughput_ratio > 0:
+        return comparison.throughput_ratio, "POC throughput ratio"
+    return None
+
+
+def savings(recorded: Recorded, state: MigrationState, now: datetime) -> Savings | None:
+    measured = throughput_ratio(state)
+    if measured is None:
         return None
+    ratio, ratio_basis = measured
     plan = recorded.plan
     source_price, target_price = price_per_hour(plan.source_env), price_per_hour(plan.target_env)
-    monthly = HOURS_PER_MONTH * (source_price - target_price / comparison.throughput_ratio)
+    monthly = HOURS_PER_MONTH * (source_price - target_price / ratio)
     moved = bool(state.poc.transfers) or state.egress_bytes > 0
     egress = state.egress_cost_usd if moved or state.assessment is None else state.assessment.egress_cost_usd
     hours, hours_basis = double_running_hours(recorded, now)
@@ -166,8 +215,7 @@ def savings(recorded: Recorded, state: MigrationState, now: datetime) -> Savings
         assumptions=[
             f"the same work as today: {HOURS_PER_MONTH} h/month of the source's {plan.source_env.compute.gpu_count}x "
             f"{plan.source_env.compute.gpu_type} at ${source_price:,.2f}/h",
-            f"the target needs {1 / comparison.throughput_ratio:.2f}x the hours for it (POC throughput ratio "
-            f"{comparison.throughput_ratio:.3f}) at ${target_price:,.2f}/h",
+            f"the target needs {1 / ratio:.2f}x the hours for it ({ratio_basis} {ratio:.3f}) at ${target_price:,.2f}/h",
             f"egress: {'bytes actually sent' if moved else 'projected by the assessment'} at "
             f"${plan.source_env.egress_per_gb_usd}/GB",
             f"running both sides: {hours:.2f} h of the target's price ({hours_basis})",
@@ -177,62 +225,76 @@ def savings(recorded: Recorded, state: MigrationState, now: datetime) -> Savings
 
 # -- verdicts -------------------------------------------------------------------------------------
 
-#: Activities whose results are verdicts, and where the verdict sits in the result.
-VERDICT_ACTIVITIES: dict[str, Callable[[Any], dict]] = {
-    "compare_benchmarks": lambda result: result["verdict"],
-    "compare_training": lambda result: result,
-    "judge_window": lambda result: result["verdict"],
-}
+
+def _window_query(plan: MigrationPlan, verdict: dict) -> str:
+    provider, lines = plan.workloads.metrics, []
+    for endpoint in plan.workloads.endpoints:
+        if isinstance(provider, PrometheusProvider):
+            for side, labels in (("source", endpoint.source_labels), ("target", endpoint.target_labels)):
+                queries = provider.queries.model_dump()
+                rendered = "; ".join(f"{name}: {q.format(labels=labels)}" for name, q in queries.items())
+                lines.append(f"{endpoint.name} {side} @ {provider.url}: {rendered}")
+        else:
+            lines.append(
+                f"{endpoint.name}: GET {endpoint.source_url}/metrics and {endpoint.target_url}/metrics "
+                "(skyshift_requests_total, skyshift_request_errors_total, skyshift_request_latency_seconds); "
+                "the window is the difference of two scrapes"
+            )
+    return "\n".join(lines)
 
 
-def metric_query(plan: MigrationPlan, subject: str) -> str:
-    """The measurement behind a verdict, as an operator could re-run it."""
-    if subject.startswith("cutover:"):
-        provider = plan.workloads.metrics
-        lines = []
-        for endpoint in plan.workloads.endpoints:
-            if isinstance(provider, PrometheusProvider):
-                for side, labels in (("source", endpoint.source_labels), ("target", endpoint.target_labels)):
-                    queries = provider.queries.model_dump()
-                    rendered = "; ".join(f"{name}: {q.format(labels=labels)}" for name, q in queries.items())
-                    lines.append(f"{endpoint.name} {side} @ {provider.url}: {rendered}")
-            else:
-                lines.append(
-                    f"{endpoint.name}: GET {endpoint.source_url}/metrics and {endpoint.target_url}/metrics "
-                    "(skyshift_requests_total, skyshift_request_errors_total, skyshift_request_latency_seconds); "
-                    "the window is the difference of two scrapes"
-                )
-        return "\n".join(lines)
-    if subject == "poc":
-        return "run_benchmark on each environment (median training samples/s over trials); prices from the plan"
-    if subject == "parallel_run":
-        return "train_seeded on each environment's own copy (same seed): loss and gradient norm per step, final tensors"
-    return ""
+def _fixed(text: str) -> Callable[[MigrationPlan, dict], str]:
+    return lambda plan, verdict: text
+
+
+#: Activities whose results are verdicts: where the verdict sits in the result, and what was measured
+#: (the query behind the decision, as an operator could re-run it).
+VERDICT_ACTIVITIES: dict[str, tuple[Callable[[Any], dict], Callable[[MigrationPlan, dict], str]]] = {
+    "compare_benchmarks": (lambda r: r["verdict"], _fixed(
+        "run_benchmark on each environment (median training samples/s over trials); prices from the plan")),
+    "judge_bench": (lambda r: r["verdict"], _fixed(
+        "run_benchmark (the micro-suite) on each environment, side by side and against datasheet ceilings")),
+    "judge_job_bench": (lambda r: r["verdict"], _fixed(
+        "run_job (arm bench) on each environment, trials as the plan says: steady samples/s and step times from "
+        "the job's own metric lines; cost per epoch from the plan's prices")),
+    "compare_training": (lambda r: r, _fixed(
+        "train_seeded on each environment's own copy (same seed): loss and gradient norm per step, final tensors")),
+    "compare_job_arms": (lambda r: r["verdict"], _fixed(
+        "run_job arms source, source-repeat and target (same seed, same code root): each metric per step and the "
+        "output tensors, target-vs-source against the source-vs-source floor")),
+    "checkpoint_compatibility": (lambda r: r["verdict"], _fixed(
+        "inspect_checkpoint at the source (per-tensor digests) and a real load at the target")),
+    "run_shadow": (lambda r: r["verdict"], _fixed(
+        "the same requests to both endpoints (sample or mirrored live traffic); outputs compared per field against "
+        "two identical source calls")),
+    "judge_window": (lambda r: r["verdict"], _window_query),
+}  # fmt: skip
 
 
 def verdict_rows(recorded: Recorded, state: MigrationState) -> list[VerdictRow]:
     rows = []
     for record in recorded.activities:
-        extract = VERDICT_ACTIVITIES.get(record.activity)
-        if extract is None or record.status != "completed":
+        known = VERDICT_ACTIVITIES.get(record.activity)
+        if known is None or record.status != "completed":
             continue
+        extract, describe = known
         verdict = extract(record.result)
-        rows.append(_row(verdict, record.closed_at, recorded.plan))
+        rows.append(_row(verdict, record.closed_at, describe(recorded.plan, verdict)))
     seen = {(r.subject, r.summary) for r in rows}
     # Verdicts from activities this table does not know yet still reach the report, from the state.
     for verdict in state.verdicts:
         if (verdict.subject, verdict.summary) not in seen:
-            rows.append(_row(verdict.model_dump(mode="json"), None, recorded.plan))
+            rows.append(_row(verdict.model_dump(mode="json"), None, ""))
     return rows
 
 
-def _row(verdict: dict, at: datetime | None, plan: MigrationPlan) -> VerdictRow:
+def _row(verdict: dict, at: datetime | None, query: str) -> VerdictRow:
     return VerdictRow(
         subject=verdict["subject"],
         outcome=verdict["outcome"],
         summary=verdict["summary"],
         at=at,
-        query=metric_query(plan, verdict["subject"]),
+        query=query,
         checks=[CheckRow.model_validate(c) for c in verdict.get("checks", [])],
     )
 
@@ -370,14 +432,92 @@ RISKS: tuple[Callable[[Recorded, MigrationState], Risk], ...] = (
 # -- series ---------------------------------------------------------------------------------------
 
 
+class SeriesUnavailable(Exception):
+    """A series stored by reference could not be read back here; the report says which and why."""
+
+
+#: A metric file larger than this is not a job's metric lines: it is not read.
+MAX_SERIES_BYTES = 64 << 20
+
+
+def read_artifact(ref: dict) -> bytes:
+    """An artifact a run recorded by reference, read from its store and checked against its BLAKE3."""
+    import blake3
+
+    from activities.stores import StoreSpec, open_store
+
+    where = f"{ref['store']['url']}/{ref['key']}"
+    if ref["size"] > MAX_SERIES_BYTES:
+        raise SeriesUnavailable(f"{where}: {ref['size']:,} bytes, over the {MAX_SERIES_BYTES:,} read for a report")
+    try:
+        data = open_store(StoreSpec.model_validate(ref["store"])).read_bytes(ref["key"])
+    except Exception as error:  # any store failure (credentials, network, gone) is a note, not a crash
+        raise SeriesUnavailable(f"{where}: not readable from here ({type(error).__name__}: {error})") from None
+    if blake3.blake3(data).hexdigest() != ref["blake3"]:
+        raise SeriesUnavailable(f"{where}: changed since it was recorded (BLAKE3 differs); not used")
+    return data
+
+
 def _seeded_training(result: dict, plan: MigrationPlan) -> list[Curve]:
     env = result.get("environment", "")
     arm = {plan.source: "source", plan.target: "target"}.get(env, env)
     return [Curve(arm=arm, environment=env, values=result.get("losses", []))]
 
 
+def _job_run(result: dict, plan: MigrationPlan) -> list[Curve]:
+    """A parallel-run arm of the operator's job: its loss per step, from the metric lines it stored."""
+    if result.get("arm") == "bench" or not result.get("metrics"):
+        return []
+    steps, losses, times = [], [], []
+    for line in read_artifact(result["metrics"]).decode("utf-8", "replace").splitlines():
+        try:
+            record = json.loads(line)
+            step, loss = int(record["step"]), float(record["loss"])
+        except (ValueError, KeyError, TypeError):
+            continue  # the run counted its bad lines; the curve is what parsed
+        steps.append(step)
+        losses.append(loss)
+        times.append(record.get("time"))
+    seconds = [t - times[0] for t in times] if times and all(isinstance(t, int | float) for t in times) else []
+    where = f"{result['metrics']['store']['url']}/{result['metrics']['key']}"
+    return [Curve(arm=result["arm"], environment=result.get("environment", ""), values=losses, steps=steps,
+                  seconds=seconds, job=result.get("job", ""), source=where)]  # fmt: skip
+
+
 #: Activities whose results carry loss curves, and how to read them: one row per kind of job.
-CURVE_ACTIVITIES: dict[str, Callable[[dict, MigrationPlan], list[Curve]]] = {"train_seeded": _seeded_training}
+CURVE_ACTIVITIES: dict[str, Callable[[dict, MigrationPlan], list[Curve]]] = {
+    "train_seeded": _seeded_training,
+    "run_job": _job_run,
+}
+
+#: Convergence: an arm has converged once its loss (averaged over this many steps) is within
+#: CONVERGED_WITHIN of the loss the source arm ended at.
+CONVERGENCE_WINDOW, CONVERGED_WITHIN = 5, 0.01
+
+
+def convergence(curves: list[Curve]) -> list[Convergence]:
+    """Per arm of each job: time (and step) to reach the source arm's final loss."""
+    out = []
+    for job in dict.fromkeys(c.job for c in curves if c.job):
+        arms = [c for c in curves if c.job == job]
+        source = next((c for c in arms if c.arm == "source" and c.values), None)
+        if source is None:
+            continue
+        goal = source.values[-1] * (1 + CONVERGED_WITHIN)
+        for curve in arms:
+            means = [statistics.fmean(curve.values[max(i + 1 - CONVERGENCE_WINDOW, 0) : i + 1])
+                     for i in range(len(curve.values))]  # fmt: skip
+            reached = next((i for i, m in enumerate(means) if i + 1 >= CONVERGENCE_WINDOW and m <= goal), None)
+            if reached is None:
+                continue
+            step = curve.steps[reached] if curve.steps else reached + 1
+            out.append(Convergence(
+                arm=f"{job}: {curve.arm} ({curve.environment})",
+                seconds=curve.seconds[reached] if curve.seconds else math.nan,
+                detail=f"step {step}: the {CONVERGENCE_WINDOW}-step mean loss within {CONVERGED_WITHIN:.0%} of the "
+                f"source arm's final {source.values[-1]:.4g}",
+            ))  # fmt: skip
+    return out
 
 
 def series(recorded: Recorded, state: MigrationState) -> Series:
@@ -385,13 +525,27 @@ def series(recorded: Recorded, state: MigrationState) -> Series:
     out = Series()
     for activity, curves in CURVE_ACTIVITIES.items():
         for run in recorded.results(activity):
-            out.loss_curves += curves(run.result, plan)
+            try:
+                out.loss_curves += curves(run.result, plan)
+            except SeriesUnavailable as unavailable:
+                out.notes.append(f"{activity} ({run.result.get('arm', '')}): {unavailable}")
     for side, results in (("source", state.poc.source_bench), ("target", state.poc.target_bench)):
         for result in results:
             for i, trial in enumerate(result.trials):
                 out.throughput_trials.append(TrialPoint(side=side, environment=result.environment, trial=i + 1,
                                                         samples_per_s=trial.train_samples_per_s,
                                                         matmul_tflops=trial.matmul_tflops))  # fmt: skip
+    trials: dict[str, int] = {}
+    for run in recorded.results("run_job"):
+        result, timing = run.result, run.result.get("timing") or {}
+        if result.get("arm") != "bench" or not timing.get("steady_per_s"):
+            continue
+        env = result.get("environment", "")
+        trials[env] = trials.get(env, 0) + 1
+        side = "source" if env == plan.source else "target"
+        out.throughput_trials.append(TrialPoint(side=side, environment=env, trial=trials[env],
+                                                samples_per_s=timing["steady_per_s"], kind=f"job:{result['job']}",
+                                                unit=timing.get("unit", "samples")))  # fmt: skip
     for index, (at, _, request, result) in enumerate(windows(recorded)):
         for previous, current in _endpoint_pairs(request):
             sides = {}
@@ -460,12 +614,12 @@ def build_report(recorded: Recorded, state: MigrationState, now: datetime | None
             environment=env.name,
             price_per_hour_usd=prices[side],
             per_1k_samples=per_1k_samples(state, side, prices[side]),
-            per_epoch=per_epoch(recorded, env, prices[side]),
+            per_epoch=per_epoch(recorded, state, env, side, prices[side]),
             per_1k_inferences=per_1k_inferences(recorded, prices[side]),
         )
     saved = savings(recorded, state, now)
     text, why = headline(state, saved)
-    comparison = state.poc.comparison
+    comparison, job = state.poc.comparison, _job_bench(state)
     data = series(recorded, state)
     verdicts = verdict_rows(recorded, state)
     executive = Executive(
@@ -475,7 +629,7 @@ def build_report(recorded: Recorded, state: MigrationState, now: datetime | None
         source=sides["source"],
         target=sides["target"],
         savings=saved,
-        convergence=convergence(state),
+        convergence=convergence(data.loss_curves),
         risks=[risk(recorded, state) for risk in RISKS],
     )
     present = {
@@ -515,21 +669,12 @@ def build_report(recorded: Recorded, state: MigrationState, now: datetime | None
             target_cost_per_million_samples=comparison.target_cost_per_million_samples if comparison else None,
             throughput_ratio=comparison.throughput_ratio if comparison else None,
             projected_egress_usd=state.assessment.egress_cost_usd if state.assessment else None,
+            job_source_cost_per_epoch_usd=job.source.cost_per_epoch_usd if job else None,
+            job_target_cost_per_epoch_usd=job.target.cost_per_epoch_usd if job else None,
+            job_throughput_ratio=job.throughput_ratio if job else None,
         ),
         series=data,
         verdicts=verdicts,
         audit=state.audit,
         sections=[name for name, shown in present.items() if shown],
     )
-
-
-def convergence(state: MigrationState) -> list[Convergence]:
-    """Time to convergence per arm, when the migration's jobs report it (`state.jobs[*].convergence_s`)."""
-    out = []
-    for job in getattr(state, "jobs", None) or []:
-        for arm in getattr(job, "arms", None) or []:
-            seconds = getattr(arm, "convergence_s", None)
-            if seconds is not None:
-                out.append(Convergence(arm=f"{getattr(job, 'name', 'job')}: {getattr(arm, 'name', '?')}",
-                                       seconds=seconds, detail=getattr(arm, "convergence_detail", "")))  # fmt: skip
-    return out

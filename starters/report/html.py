@@ -58,6 +58,14 @@ def months(value: float | None) -> str:
     return f"{value:,.1f} months"
 
 
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def gigabytes(n: float) -> str:
     return f"{n / 1e9:,.3f} GB"
 
@@ -84,6 +92,7 @@ def render_html(report: Report) -> str:
         units=units,
         realized=executive.outcome in ("completed", "running"),
         months=months,
+        duration=duration,
         usd=usd,
         num=number,
         gb=gigabytes,

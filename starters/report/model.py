@@ -99,6 +99,10 @@ class Curve(BaseModel):
     arm: str
     environment: str
     values: list[float]
+    steps: list[int] = Field(default_factory=list, description="The step of each value (default 1, 2, ...)")
+    seconds: list[float] = Field(default_factory=list, description="Seconds since the arm's first step, if logged")
+    job: str = ""
+    source: str = Field("", description="Where the series was read: a store URL and key, checked against its BLAKE3")
 
 
 class TrialPoint(BaseModel):
@@ -106,7 +110,9 @@ class TrialPoint(BaseModel):
     environment: str
     trial: int
     samples_per_s: float
-    matmul_tflops: float
+    matmul_tflops: float | None = None
+    kind: str = Field("micro-suite", description="micro-suite (the POC benchmark) or job:<name> (the operator's job)")
+    unit: str = "samples"
 
 
 class LatencyWindow(BaseModel):
@@ -141,6 +147,7 @@ class Series(BaseModel):
     egress_bytes: list[TimePoint] = Field(default_factory=list)
     egress_usd: list[TimePoint] = Field(default_factory=list)
     markers: list[Marker] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="Series that could not be read, and why")
 
 
 class StateFigures(BaseModel):
@@ -157,6 +164,9 @@ class StateFigures(BaseModel):
     target_cost_per_million_samples: float | None = None
     throughput_ratio: float | None = None
     projected_egress_usd: float | None = None
+    job_source_cost_per_epoch_usd: float | None = None
+    job_target_cost_per_epoch_usd: float | None = None
+    job_throughput_ratio: float | None = None
 
 
 class Report(BaseModel):

@@ -68,18 +68,29 @@ def _markers(axis, report: Report) -> None:
         seen.add(marker.kind)
 
 
+ARM_STYLE = {  # arm: (color, line style, width)
+    "source": (COLORS["source"], "-", 2.4),
+    "source-repeat": ("#8fa8d6", ":", 1.6),
+    "target": (COLORS["target"], "--", 1.4),
+}
+
+
 def loss_curves(report: Report) -> str | None:
     curves = report.series.loss_curves
     if not curves:
         return None
-    figure, axis = _figure()
-    for i, curve in enumerate(curves):
-        color = COLORS.get(curve.arm, f"C{i + 2}")
-        axis.plot(range(1, len(curve.values) + 1), curve.values, color=color, linewidth=2.4 - 1.2 * (i % 2),
-                  linestyle="-" if i % 2 == 0 else "--", label=f"{curve.arm} ({curve.environment})")  # fmt: skip
-    axis.set_xlabel("step")
-    axis.set_ylabel("training loss")
-    axis.legend(frameon=False)
+    jobs = list(dict.fromkeys(c.job for c in curves))
+    figure, axes = plt.subplots(1, len(jobs), figsize=(7.2, 2.8), layout="constrained", squeeze=False)
+    for axis, job in zip(axes[0], jobs, strict=True):
+        for i, curve in enumerate(c for c in curves if c.job == job):
+            color, style, width = ARM_STYLE.get(curve.arm, (f"C{i + 2}", "-", 1.2))
+            steps = curve.steps or list(range(1, len(curve.values) + 1))
+            axis.plot(steps, curve.values, color=color, linestyle=style, linewidth=width,
+                      label=f"{curve.arm} ({curve.environment})")  # fmt: skip
+        axis.set_title(job or "seeded parallel run", fontsize=9)
+        axis.set_xlabel("step")
+        axis.set_ylabel("training loss")
+        axis.legend(frameon=False, fontsize=8)
     return _svg(figure)
 
 
@@ -87,18 +98,23 @@ def throughput(report: Report) -> str | None:
     points = report.series.throughput_trials
     if not points:
         return None
-    figure, axis = _figure()
-    for side in ("source", "target"):
-        mine = [p for p in points if p.side == side]
-        if not mine:
-            continue
-        axis.plot([p.trial for p in mine], [p.samples_per_s for p in mine], "o-", color=COLORS[side],
-                  label=f"{side} ({mine[0].environment})")  # fmt: skip
-    axis.set_xlabel("trial")
-    axis.set_ylabel("training samples/s")
-    axis.xaxis.get_major_locator().set_params(integer=True)
-    axis.set_ylim(bottom=0)
-    axis.legend(frameon=False)
+    kinds = list(dict.fromkeys(p.kind for p in points))
+    figure, axes = plt.subplots(1, len(kinds), figsize=(7.2, 2.8), layout="constrained", squeeze=False)
+    for axis, kind in zip(axes[0], kinds, strict=True):
+        unit = "samples"
+        for side in ("source", "target"):
+            mine = [p for p in points if p.side == side and p.kind == kind]
+            if not mine:
+                continue
+            unit = mine[0].unit
+            axis.plot([p.trial for p in mine], [p.samples_per_s for p in mine], "o-", color=COLORS[side],
+                      label=f"{side} ({mine[0].environment})")  # fmt: skip
+        axis.set_title(kind.replace("job:", "job: "), fontsize=9)
+        axis.set_xlabel("trial")
+        axis.set_ylabel(f"training {unit}/s")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_ylim(bottom=0)
+        axis.legend(frameon=False, fontsize=8)
     return _svg(figure)
 
 
