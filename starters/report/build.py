@@ -452,7 +452,8 @@ def read_artifact(ref: dict) -> bytes:
     try:
         data = open_store(StoreSpec.model_validate(ref["store"])).read_bytes(ref["key"])
     except Exception as error:  # any store failure (credentials, network, gone) is a note, not a crash
-        raise SeriesUnavailable(f"{where}: not readable from here ({type(error).__name__}: {error})") from None
+        reason = str(error).split(". ")[0][:200]  # the first sentence says it; the rest is how-to links
+        raise SeriesUnavailable(f"{where}: not readable from here ({type(error).__name__}: {reason})") from None
     if blake3.blake3(data).hexdigest() != ref["blake3"]:
         raise SeriesUnavailable(f"{where}: changed since it was recorded (BLAKE3 differs); not used")
     return data
