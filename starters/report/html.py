@@ -81,7 +81,9 @@ def render_html(report: Report) -> str:
     environment = Environment(
         loader=PackageLoader("starters.report", ""), autoescape=select_autoescape(default=True, default_for_string=True)
     )
-    failing = [c for v in report.verdicts if v.outcome == "fail" for c in v.checks if c.outcome == "fail"][-6:]
+    # The verdict that ended the migration is the last failing one; its failing checks come first.
+    last_failed = next((v for v in reversed(report.verdicts) if v.outcome == "fail"), None)
+    failing = [c for c in last_failed.checks if c.outcome == "fail"] if last_failed else []
     executive = report.executive
     units = [(label, key) for label, key in UNITS if getattr(executive.source, key) or getattr(executive.target, key)]
     return environment.get_template("report.html.j2").render(
