@@ -16,8 +16,9 @@ demo: $(STAMP)
 	$(VENV)/bin/skyshift demo
 
 test: $(STAMP)
-	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq prometheus >/dev/null) || echo "prometheus could not be installed: its tests skip"
+	@command -v prometheus >/dev/null && command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null) || \
+		echo "prometheus or chromium could not be installed: the tests that need them skip"
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

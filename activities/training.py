@@ -8,9 +8,9 @@ loss curves; a corrupted copy, a different kernel or a numerics drift shows up a
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import blake3
-import torch
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -44,23 +44,33 @@ class TrainResult(BaseModel):
     seconds: float
 
 
-class _NextByte(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(256, 16)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(16 * CONTEXT, 128), torch.nn.Tanh(), torch.nn.Linear(128, 256))
+def _next_byte_model():
+    """The probe model (torch is imported here: the models above are read by CLI commands that must start fast)."""
+    import torch
 
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.embed(context).flatten(1))
+    class NextByte(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(256, 16)
+            self.mlp = torch.nn.Sequential(
+                torch.nn.Linear(16 * CONTEXT, 128), torch.nn.Tanh(), torch.nn.Linear(128, 256)
+            )
+
+        def forward(self, context: torch.Tensor) -> torch.Tensor:
+            return self.mlp(self.embed(context).flatten(1))
+
+    return NextByte()
 
 
 def train_on_bytes(
     data: bytes, seed: int, steps: int, batch_size: int, on_step=lambda step: None
-) -> tuple[list[float], list[float], torch.nn.Module]:
+) -> tuple[list[float], list[float], Any]:
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
-    model = _NextByte()
+    model = _next_byte_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses, norms = [], []
     for step in range(steps):
@@ -96,6 +106,8 @@ def train_seeded(request: TrainInput) -> TrainResult:
         raise ApplicationError(
             f"{store.url}/{chosen.key}: {len(data)} bytes is too little to train on", non_retryable=True
         )
+    import torch
+
     # One thread: float reductions then happen in the same order on every machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

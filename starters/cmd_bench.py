@@ -29,7 +29,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="run the GPU/CPU micro-suite here and print every figure with its spread")
     bench.set_defaults(handler=cmd_bench)
     bench.add_argument("--json", action="store_true", help="print one JSON object (the BenchResult) on stdout")
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="where to measure: auto takes CUDA when present (default auto)")  # fmt: skip
     bench.add_argument("--trials", type=int, default=3, help="repeats of every test (median and min-max reported)")
     bench.add_argument("--size", type=int, help="matmul size (default 8192 on CUDA, 1024 on CPU)")
     bench.add_argument("--seconds", type=float, default=0.5, help="timed seconds of each test within a trial")

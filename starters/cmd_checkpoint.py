@@ -178,7 +178,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     compare = commands.add_parser("compare", help="tensor by tensor: only-in-one-side, dtype/shape changes, values")
     compare.set_defaults(handler=cmd_compare)
-    compare.add_argument("url_a", metavar="URL_A")
+    compare.add_argument("url_a", metavar="URL_A", help="the reference checkpoint (file://, s3://, gs://)")
     compare.add_argument("url_b", metavar="URL_B", help="the reference: relative differences are |a-b|/|b|")
     compare.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     compare.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance (default 1e-8)")
@@ -196,5 +196,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     keygen = commands.add_parser("keygen", help="create a local key file for sealed checkpoints (embedded stack)")
     keygen.set_defaults(handler=cmd_keygen)
-    keygen.add_argument("file", metavar="FILE")
+    keygen.add_argument("file", metavar="FILE", help="where to write the new key (mode 0600; never overwritten)")
     keygen.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -33,6 +33,7 @@ from activities.stores import StoreSpec
 from activities.stores.base import overlap
 from activities.transfer.sync import apply_batch, check_source, fingerprint_batch, finish_sync
 from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, with_client
+from starters.render import SyncProgress
 from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
 
 #: Heartbeats of a CLI sync: short, so a rerun after a SIGKILL resumes within seconds.
@@ -70,11 +71,10 @@ def parse_max_delete(text: str | None) -> tuple[int | None, float | None]:
     return (None, float(match.group(1))) if match.group(2) else (int(match.group(1)), None)
 
 
-async def _progress(handle: WorkflowHandle, started: float) -> str:
-    """One line from the workflow's totals plus the heartbeats of the batches in flight."""
+async def _progress(handle: WorkflowHandle) -> tuple[int, int]:
+    """(objects written, bytes sent): the workflow's totals plus the heartbeats of the ranges in flight."""
     progress = await handle.query(DatasetSyncWorkflow.progress)
-    totals = progress.totals
-    changed, sent = totals.objects_changed, totals.bytes_transferred
+    changed, sent = progress.totals.objects_changed, progress.totals.bytes_transferred
     description = await handle.describe()
     for pending in description.raw_description.pending_activities:
         if pending.heartbeat_details.payloads:
@@ -82,9 +82,7 @@ async def _progress(handle: WorkflowHandle, started: float) -> str:
             if details and isinstance(details[-1], dict):
                 changed += details[-1].get("objects_changed", 0)
                 sent += details[-1].get("bytes", 0)
-    elapsed = max(time.monotonic() - started, 1e-3)
-    return (f"{progress.batches} ranges fingerprinted, {totals.objects_total} objects checked, {changed} written, "
-            f"{sent / 1e6:,.1f} MB sent ({sent / 1e6 / elapsed:,.1f} MB/s)")  # fmt: skip
+    return changed, sent
 
 
 async def run_sync(client: Client, request: SyncInput, *, show_progress: bool,
@@ -112,34 +110,17 @@ async def run_sync(client: Client, request: SyncInput, *, show_progress: bool,
                 static_summary=f"sync {request.source.url} → {request.target.url}" + (" (dry run)" * request.dry_run),
             )  # fmt: skip
             result_task = asyncio.ensure_future(handle.result())
-            live = _Live(enabled=show_progress)
-            while not result_task.done():
-                await asyncio.wait([result_task], timeout=0.5)
-                if live.enabled and not result_task.done():
-                    live.show(await _progress(handle, started))
-            live.close()
+            live = SyncProgress(f"sync {request.source.url} → {request.target.url}") if show_progress else None
+            try:
+                while not result_task.done():
+                    await asyncio.wait([result_task], timeout=0.5)
+                    if live is not None and not result_task.done():
+                        changed, sent = await _progress(handle)
+                        live.update(objects_done=changed, objects_total=None, bytes_done=sent, bytes_total=None)
+            finally:
+                if live is not None:
+                    live.close()
             return result_task.result(), time.monotonic() - started
-
-
-class _Live:
-    """A progress line that redraws in place on a terminal (rich), or nothing when piped."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.status = None
-        if self.enabled:
-            from rich.console import Console
-
-            self.status = Console(stderr=True).status("starting")
-            self.status.start()
-
-    def show(self, line: str) -> None:
-        if self.status is not None:
-            self.status.update(line)
-
-    def close(self) -> None:
-        if self.status is not None:
-            self.status.stop()
 
 
 def result_json(result: SyncResult, seconds: float) -> dict:

@@ -12,7 +12,7 @@ from starters.operate import start_migration
 from tests.conftest import running_workers
 from tests.helpers import approve_gates, make_plan, seed, suffix, wait_for
 from workflows.migration import MigrationWorkflow
-from workflows.state import SA_PHASE, SA_TRAFFIC, ApproveInput, RollbackInput
+from workflows.state import SA_OUTCOME, SA_PHASE, SA_TRAFFIC, ApproveInput, RollbackInput
 
 pytestmark = pytest.mark.stack
 
@@ -66,7 +66,8 @@ async def test_happy_path_runs_every_phase_and_moves_the_workload(client, s3_buc
     approvals = [(e.actor, e.detail.split(":")[0]) for e in final.audit if e.action == "approved"]
     assert ("tester", "poc") in approvals and ("tester", "decommission") in approvals
     attributes = (await handle.describe()).typed_search_attributes
-    assert attributes.get(SA_PHASE) == "completed" and attributes.get(SA_TRAFFIC) == 100
+    assert attributes.get(SA_PHASE) == "done" and attributes.get(SA_OUTCOME) == "completed"
+    assert attributes.get(SA_TRAFFIC) == 100
     assert load.failures == 0, f"requests failed while weights changed: {counts}"
     assert counts.get("backend_target", 0) > 0 and counts.get("backend_source", 0) > 0
 

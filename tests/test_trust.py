@@ -351,3 +351,18 @@ async def test_a_rollback_request_the_workflow_would_ignore_is_rejected(client, 
         state = await handle.result()
     assert accepted == "poc" and state.outcome == "rolled_back"
     assert [e.actor for e in state.audit if e.action == "rollback_requested"] == ["a"]
+
+
+async def test_a_malformed_rollback_signal_from_any_client_is_audited_not_dropped(client, tmp_path):
+    source, target = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
+    seed(source)
+    plan = make_plan(suffix(), source, target)
+    async with running_workers(client, plan.source, plan.target):
+        handle = await start_migration(client, plan)
+        await wait_for(handle, lambda s: s.pending_gate is not None and s.pending_gate.stage == "poc")
+        await handle.signal("rollback", {"by": "mallory"})  # no reason: what a hand-written client might send
+        state = await wait_for(handle, lambda s: any(e.action == "rollback_rejected" for e in s.audit))
+        await handle.signal(MigrationWorkflow.rollback, RollbackInput(reason="test over"))
+        await handle.result()
+    rejected = next(e for e in state.audit if e.action == "rollback_rejected")
+    assert "Field required" in rejected.detail and state.rollback_request is None

@@ -18,6 +18,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from activities.assess import (
         AssessInput,
         CheckpointFacts,
@@ -66,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
         compare_benchmarks,
         compare_training,
     )
+    from skyshift import metrics
     from workflows.cutover import StagedCutover
     from workflows.plan import CONTROL_TASK_QUEUE, Checkpoint, Environment, MigrationPlan
     from workflows.saga import Compensation
@@ -610,8 +613,17 @@ class MigrationWorkflow:
             raise ValueError(f"'{request.stage}' is not awaiting approval; the pending gate is '{gate.stage}'")
 
     @workflow.signal
-    def rollback(self, request: RollbackInput) -> None:
-        """Fire-and-forget form of `request_rollback`, for clients that only send signals."""
+    def rollback(self, raw: Any) -> None:
+        """Fire-and-forget form of `request_rollback`, for clients that only send signals.
+
+        Taken raw and validated here: a malformed request from any Temporal client is audited as
+        rejected instead of being dropped by the SDK with only a worker log line.
+        """
+        try:
+            request = RollbackInput.model_validate(raw)
+        except ValidationError as error:
+            self.audit("unknown", "rollback_rejected", f"malformed rollback signal: {error.errors()[0]['msg']}")
+            return
         if self._rollback_refusal() is not None:
             self.audit(request.by, "rollback_ignored", f"{request.reason}: {self._rollback_refusal()}")
             return
@@ -798,6 +810,7 @@ class MigrationWorkflow:
         if self.state.rollback_request is None:
             self.state.rollback_request = RollbackInput(reason=reason, by=by)
             self.audit(by, "rollback_requested", reason)
+            metrics.rollback(by)
 
     def raise_if_rollback(self) -> None:
         if self.state.rollback_request is not None:
@@ -829,8 +842,8 @@ class MigrationWorkflow:
     def _finish(self, outcome: str, reason: str) -> None:
         self.state.outcome = outcome
         self.state.outcome_reason = reason
-        self._set_phase("done")
-        workflow.upsert_search_attributes([SA_PHASE.value_set(outcome), SA_OUTCOME.value_set(outcome)])
+        self._set_phase("done")  # SkyshiftPhase holds what `status` shows; the outcome has its own attribute
+        workflow.upsert_search_attributes([SA_OUTCOME.value_set(outcome)])
         self.audit("skyshift", outcome, reason)
         self.show_details()
 
@@ -841,6 +854,7 @@ class MigrationWorkflow:
 
     def record_verdict(self, verdict: Verdict) -> None:
         self.state.verdicts = [*self.state.verdicts, verdict][-MAX_VERDICTS:]
+        metrics.verdict(verdict.outcome, subject=verdict.subject)
         workflow.upsert_search_attributes([SA_VERDICT.value_set(verdict.outcome)])
         self.show_details()
 
