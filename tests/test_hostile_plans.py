@@ -318,7 +318,9 @@ def test_plans_at_the_edges_stay_valid(tmp_path, capsys, make):
 
 
 def test_the_demo_and_test_plans_stay_valid():
-    plan = parse_plan(demo_plan({"source": 8001, "target": 8002, "router": 8003}), source="demo plan")
+    ports = {"source": 8001, "target": 8002, "router": 8003}
+    plan = parse_plan(demo_plan(ports, "file:///tmp/skyshift/demo.key"), source="demo plan")
     assert plan.decommission.delete_source and plan.workloads.router is not None
+    assert plan.workloads.jobs and plan.workloads.checkpoints[1].encryption is not None
     plan = parse_plan(plan_data("t1", "file:///tmp/skyshift/src", "s3://dst-0123456789/ml"))
     assert plan.cutover.monitor_interval.total_seconds() == 1
