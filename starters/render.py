@@ -47,6 +47,12 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
         lines += [f"            ! {w}" for w in a.warnings]
     for t in state.poc.transfers:
         lines.append(f"  sync:     {transfer_line(t)}")
+    for sealed in state.poc.sealed:
+        lines.append(
+            f"  sealed:   {sealed.name}: {sealed.files} files under {sealed.key_id}, {sealed.chunks_sent}/"
+            f"{sealed.chunks_total} chunks sent ({gb(sealed.bytes_sent)}), decrypted only by the target's worker"
+        )
+    lines += _checkpoint_lines(state)
     for side, results in (("source", state.poc.source_bench), ("target", state.poc.target_bench)):
         for r in results:
             lines.append(
@@ -60,9 +66,18 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
             f"  poc:      {c.verdict.outcome}: throughput {c.throughput_ratio:.2f}x, USD per million samples "
             f"{c.target_cost_per_million_samples:.4f} (target) vs {c.source_cost_per_million_samples:.4f} (source)"
         )
-    if state.parallel_run:
+    lines += _environment_lines(state)
+    lines += _job_bench_lines(state)
+    if state.jobs:
+        from activities.jobs.compare import comparison_text
+
+        for comparison in state.jobs:
+            lines.append(f"  parallel: {comparison.job}: {comparison.verdict.outcome}: {comparison.verdict.summary}")
+            lines += ["            " + line for line in comparison_text(comparison).splitlines() if line.strip()]
+    elif state.parallel_run:
         lines.append(f"  parallel: {state.parallel_run.outcome}: {state.parallel_run.summary}")
         lines += [f"            {c.metric}: {c.detail}" for c in state.parallel_run.checks]
+    lines += _shadow_lines(state)
     windows = [v for v in state.verdicts if v.subject.startswith("cutover:")]
     if windows:
         counts = {o: sum(v.outcome == o for v in windows) for o in ("pass", "fail", "inconclusive", "error")}
@@ -87,6 +102,64 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
     if ui_url:
         lines.append(f"  UI:       {ui_url}")
     return "\n".join(lines)
+
+
+def _checkpoint_lines(state: MigrationState) -> list[str]:
+    lines = []
+    for r in state.poc.checkpoints:
+        loads = f"loads with map_location={r.map_location}" if r.map_location else "loads as saved"
+        memory = ""
+        if r.memory and r.memory.memory_gb is not None:
+            memory = f"; {r.memory.parameters:,} parameters, serve {r.memory.serve_gb:.3g} GB of " \
+                     f"{r.memory.memory_gb:.0f} GB ({r.memory.memory_source})"  # fmt: skip
+        lines.append(f"  ckpt:     {r.name}: {r.verdict.outcome}: {r.tensors_compared} tensors, digests "
+                     f"{'equal' if not r.mismatched else 'DIFFER: ' + ', '.join(r.mismatched[:3])}; {loads} on "
+                     f"torch {r.target_environment.torch_version}{memory}")  # fmt: skip
+        lines += [f"            ! blocker: {b}" for b in r.blockers] + [f"            ! {w}" for w in r.warnings]
+    return lines
+
+
+def _environment_lines(state: MigrationState) -> list[str]:
+    """Both sides' fingerprints and the compatibility matrix the POC judged."""
+    judgement = state.poc.judgement
+    if judgement is None or judgement.compatibility is None:
+        return []
+    from starters.cmd_bench import matrix_lines
+
+    lines = [f"  matrix:   {judgement.verdict.outcome}: {judgement.verdict.summary}"]
+    return lines + ["            " + line for line in matrix_lines(judgement.compatibility)]
+
+
+def _job_bench_lines(state: MigrationState) -> list[str]:
+    bench = state.poc.job_bench
+    if bench is None:
+        return []
+    lines = [f"  job POC:  {bench.job}: {bench.verdict.outcome}: {bench.verdict.summary}"]
+    for side in (bench.source, bench.target):
+        rate = side.per_s
+        spread = f"{rate.median:,.0f} [{rate.min:,.0f}-{rate.max:,.0f}]" if rate.median is not None else "-"
+        cost = f"${side.cost_per_epoch_usd:.4f}/epoch" if side.cost_per_epoch_usd is not None else "no epoch size"
+        lines.append(f"            {side.environment}: {spread} {side.unit}/s over {side.trials_ok}/{side.trials} "
+                     f"trials, {cost}")  # fmt: skip
+    return lines
+
+
+def _shadow_lines(state: MigrationState) -> list[str]:
+    if not state.shadow:
+        return []
+    from activities.shadow.runner import comparison_table
+
+    lines = []
+    for result in state.shadow:
+        lines.append(f"  shadow:   {result.endpoint}: {result.verdict.outcome}: {result.compared} requests compared "
+                     f"({result.comparator}); p99 target {result.arms['target'].p99_ms or 0:.1f} ms vs source "
+                     f"{result.arms['source'].p99_ms or 0:.1f} ms")  # fmt: skip
+        rows = comparison_table(result)[:9]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += [
+            "            " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+        ]
+    return lines
 
 
 def changes(state: MigrationState, previous: MigrationState | None) -> list[str]:
