@@ -30,12 +30,15 @@ class Counters:
 
 class FaultProxy:
     """`rate`: share of replies that fail (each fault kind equally likely, or `kinds`); `latency_s`
-    before each request is forwarded; `corrupt_ranged`: flip a byte in that many 206 replies."""
+    before each request is forwarded; `corrupt_ranged`: flip a byte in that many 206 replies;
+    `bytes_per_s`: each reply body is sent no faster than this (a slow link: a test can watch a
+    transfer while it is in progress, however fast the machine)."""
 
     def __init__(self, upstream: str, *, rate: float = 0.0, kinds: tuple[str, ...] = FAULTS, latency_s: float = 0.0,
-                 corrupt_ranged: int = 0, seed: int = 7) -> None:  # fmt: skip
+                 corrupt_ranged: int = 0, seed: int = 7, bytes_per_s: float | None = None) -> None:  # fmt: skip
         self.upstream = urlparse(upstream)
         self.rate, self.kinds, self.latency_s, self.corrupt_left = rate, kinds, latency_s, corrupt_ranged
+        self.bytes_per_s = bytes_per_s
         self.counters = Counters()
         self.random = random.Random(seed)
         self.lock = threading.Lock()
@@ -129,9 +132,21 @@ class FaultProxy:
                 self.counters.bytes_served += cut
             self._reset(request)  # the body stops halfway: IncompleteRead on the client
             return
-        request.wfile.write(payload)
-        with self.lock:
-            self.counters.bytes_served += len(payload) if request.command == "GET" else 0
+        self._send(request, payload, counted=request.command == "GET")
+
+    def _send(self, request: BaseHTTPRequestHandler, payload: bytes, counted: bool) -> None:
+        """Write the body (paced to `bytes_per_s`), counting what was written even if the client goes away."""
+        step = 256 << 10 if self.bytes_per_s else max(1, len(payload))
+        started = time.monotonic()
+        for offset in range(0, len(payload), step):
+            piece = payload[offset : offset + step]
+            request.wfile.write(piece)
+            if counted:
+                with self.lock:
+                    self.counters.bytes_served += len(piece)
+            ahead = (offset + step) / self.bytes_per_s - (time.monotonic() - started) if self.bytes_per_s else 0
+            if ahead > 0:
+                time.sleep(ahead)
 
     @staticmethod
     def _reset(request: BaseHTTPRequestHandler) -> None:

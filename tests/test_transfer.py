@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 import pytest
@@ -150,7 +152,7 @@ def test_a_planted_manifest_in_the_source_is_refused_by_name_and_changes_nothing
     store.put_bytes("ds/other.bin", other)
     sync(source, target)
     forged = fingerprint(open_store(target), open_store(target).info("ds/other.bin"))[0]
-    planted = forged.model_copy(update={"key": "ds/victim.bin"}).model_dump_json().encode()
+    planted = json.dumps({**dataclasses.asdict(forged), "key": "ds/victim.bin"}, default=str).encode()
     store.put_bytes(".skyshift/manifests/ds/victim.bin.json", planted)
     victim = victim[:100] + b"changed" + victim[107:]
     store.put_bytes("ds/victim.bin", victim)

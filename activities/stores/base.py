@@ -306,7 +306,7 @@ class Store(abc.ABC):
         """Write a small object atomically. `durable=False`: it may be lost in a crash until the next
         `flush()` (object stores are durable once a write returns and ignore it)."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - object stores are durable once a write returns: nothing to do
         """Make every write so far durable (a local filesystem syncs once for a batch of small writes)."""
 
     @abc.abstractmethod

@@ -30,8 +30,12 @@ _MiB = 1 << 20
 
 
 class GCSStore(BucketStore):
-    # Parts are composed 32 at a time and folded, so the part count has no hard limit; 1,024-byte names.
-    capabilities = Capabilities(ranged_read=True, multipart_writer=True, server_side_copy=True, max_key_bytes=1024)
+    # Parts are objects composed 32 at a time (cloud.google.com/storage/docs/composite-objects) and folded,
+    # so their count has no limit here; each is one upload request: 16 MiB parts. Compose takes whole
+    # objects, never byte ranges, so there is no part copy (an unchanged run of a rebuilt object is read
+    # back through the worker); whole objects are rewritten server-side. 1,024-byte names.
+    capabilities = Capabilities(server_side_copy=True, part_copy=False, part_bytes=16 * _MiB, parallel_requests=32,
+                                max_key_bytes=1024)  # fmt: skip
 
     def __init__(self, spec: StoreSpec) -> None:
         super().__init__(spec)
@@ -67,7 +71,8 @@ class GCSStore(BucketStore):
             ):
                 if offset is not None and blob.name <= offset:
                     continue
-                yield ObjectInfo(key=self._relative(blob.name), size=blob.size or 0, etag=self._etag(blob))
+                yield ObjectInfo.model_construct(key=self._relative(blob.name), size=blob.size or 0,
+                                                 etag=self._etag(blob))  # fmt: skip
         except (gexc.NotFound, gexc.Forbidden, gexc.Unauthorized) as error:
             raise StoreError(
                 f"{self.url}: cannot list: {error.message} (check the bucket and access)", permanent=True
@@ -96,7 +101,7 @@ class GCSStore(BucketStore):
 
         return resuming(opener, start, max(start, stop), f"{self.url}/{key}")
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(self, key: str, path: Path, durable: bool = True) -> ObjectInfo:
         # GCS publishes an object when its upload finalizes; crc32c lets the server reject damage.
         blob = self.bucket.blob(self._key(key), chunk_size=16 * _MiB)
         try:
@@ -105,7 +110,7 @@ class GCSStore(BucketStore):
             raise StoreError(f"{self.url}: cannot write {key!r}: {error}") from error
         return self.info(key) or ObjectInfo(key=key, size=path.stat().st_size)
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, durable: bool = True) -> ObjectInfo:
         blob = self.bucket.blob(self._key(key))
         try:
             blob.upload_from_string(data, checksum="crc32c")

@@ -43,13 +43,14 @@ def _failure(url: str, action: str, error: ClientError) -> StoreError:
 class S3Store(BucketStore):
     # Provider limits are data the transfer engine reads, not branches in it.
     capabilities = Capabilities(
-        ranged_read=True,
-        multipart_writer=True,
         server_side_copy=True,
+        part_copy=True,  # UploadPartCopy with CopySourceRange and CopySourceIfMatch
         max_single_copy_bytes=5 * _GiB,
+        part_bytes=8 * _MiB,
         max_parts=10_000,
         min_part_bytes=5 * _MiB,
         max_part_bytes=5 * _GiB,
+        parallel_requests=32,
         max_key_bytes=1024,
     )
 
@@ -70,7 +71,8 @@ class S3Store(BucketStore):
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full, **extra):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(key=self._relative(item["Key"]), size=item["Size"], etag=item["ETag"].strip('"'))
+                    yield ObjectInfo.model_construct(key=self._relative(item["Key"]), size=item["Size"],
+                                                     etag=item["ETag"].strip('"'))  # fmt: skip
         except ClientError as error:
             raise _failure(self.url, "list", error) from error
 
@@ -111,7 +113,7 @@ class S3Store(BucketStore):
 
         return resuming(opener, start, stop, f"{self.url}/{key}")
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(self, key: str, path: Path, durable: bool = True) -> ObjectInfo:
         # S3 publishes an object only when its PUT or CompleteMultipartUpload succeeds: atomic.
         try:
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
@@ -123,13 +125,13 @@ class S3Store(BucketStore):
             ) from error
         return self.info(key) or ObjectInfo(key=key, size=path.stat().st_size)
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, durable: bool = True) -> ObjectInfo:
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # lets S3 reject a damaged PUT
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentMD5=md5)
         except ClientError as error:
             raise _failure(self.url, f"write {key!r}", error) from error
-        return ObjectInfo(key=key, size=len(data), etag=response["ETag"].strip('"'))
+        return ObjectInfo.model_construct(key=key, size=len(data), etag=response["ETag"].strip('"'))
 
     def remove(self, key: str) -> bool:
         if self.info(key) is None:
@@ -185,6 +187,21 @@ class _S3Multipart(PartWriter):
         response = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id,
                                                  PartNumber=number, Body=data)  # fmt: skip
         return PartInfo(number=number, size=len(data), token=response["ETag"])
+
+    def copy_part(self, number: int, source_key: str, start: int, end: int, etag: str | None) -> PartInfo | None:
+        store = self.store
+        condition = {"CopySourceIfMatch": f'"{etag}"'} if etag else {}
+        try:
+            response = store.client.upload_part_copy(
+                Bucket=store.bucket, Key=self.full_key, UploadId=self.upload_id, PartNumber=number,
+                CopySource={"Bucket": store.bucket, "Key": store._key(source_key)},
+                CopySourceRange=f"bytes={start}-{end - 1}", **condition,
+            )  # fmt: skip
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                return None  # that version is gone: the caller streams the part
+            raise _failure(store.url, f"copy part of {source_key!r}", error) from error
+        return PartInfo(number=number, size=end - start, token=response["CopyPartResult"]["ETag"])
 
     def complete(self, parts: list[PartInfo]) -> ObjectInfo:
         self.store.client.complete_multipart_upload(

@@ -47,11 +47,27 @@ def store_identity(store: Store) -> str:
     return f"{store.spec.endpoint or ''}|{store.url}"
 
 
+_ONE = struct.Struct("<IIIII")  # the header and the length of a one-chunk (small) object
+
+
 def encode(manifest: ObjectManifest) -> bytes:
-    p, n = manifest.params, len(manifest.chunks)
-    lengths = struct.pack(f"<{n}I", *(c.length for c in manifest.chunks))
-    digests = b"".join(bytes.fromhex(c.digest) for c in manifest.chunks)
-    return _HEADER.pack(p.min_size, p.avg_size, p.max_size, n) + lengths + digests
+    p, chunks = manifest.params, manifest.chunks
+    if len(chunks) == 1:  # a million small objects: no generators per object
+        return _ONE.pack(p.min_size, p.avg_size, p.max_size, 1, chunks[0].length) + bytes.fromhex(chunks[0].digest)
+    lengths = struct.pack(f"<{len(chunks)}I", *(c.length for c in chunks))
+    digests = b"".join(bytes.fromhex(c.digest) for c in chunks)
+    return _HEADER.pack(p.min_size, p.avg_size, p.max_size, len(chunks)) + lengths + digests
+
+
+_params: dict[tuple[int, int, int], ChunkParams] = {}
+
+
+def _chunk_params(low: int, avg: int, high: int) -> ChunkParams:
+    """One validated ChunkParams per size class, shared by every decoded manifest."""
+    params = _params.get((low, avg, high))
+    if params is None:
+        params = _params[(low, avg, high)] = ChunkParams(min_size=low, avg_size=avg, max_size=high)
+    return params
 
 
 def decode(key: str, size: int, etag: str, root: bytes, body: bytes) -> ObjectManifest:
@@ -61,10 +77,10 @@ def decode(key: str, size: int, etag: str, root: bytes, body: bytes) -> ObjectMa
     chunks, offset = [], 0
     for index, length in enumerate(lengths):
         digest = digests[32 * index : 32 * index + 32].hex()
-        chunks.append(Chunk.model_construct(offset=offset, length=length, digest=digest))
+        chunks.append(Chunk(offset=offset, length=length, digest=digest))
         offset += length
-    return ObjectManifest.model_construct(
-        key=key, size=size, etag=etag, params=ChunkParams(min_size=low, avg_size=avg, max_size=high),
+    return ObjectManifest(
+        key=key, size=size, etag=etag, params=_chunk_params(low, avg, high),
         chunks=chunks, root=root.hex(),
     )  # fmt: skip
 
@@ -97,9 +113,24 @@ class ManifestCache:
             return None
         return decode(info.key, info.size, row[0], row[2], row[3])
 
+    def get_many(self, store: Store, infos: list[ObjectInfo]) -> dict[str, ObjectManifest]:
+        """The cached manifests of exactly these versions, by key: one query per 500 keys, not one per object."""
+        found: dict[str, ObjectManifest] = {}
+        wanted = {info.key: info for info in infos if info.etag is not None}
+        keys, identity, connection = list(wanted), store_identity(store), self._connection()
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            query = ("SELECT key, etag, size, root, body FROM manifests WHERE store = ? AND key IN "
+                     f"({', '.join('?' * len(part))})")  # fmt: skip
+            for key, etag, size, root, body in connection.execute(query, (identity, *part)):
+                info = wanted[key]
+                if etag == info.etag and size == info.size:
+                    found[key] = decode(key, size, etag, root, body)
+        return found
+
     def put_many(self, store: Store, manifests: list[ObjectManifest]) -> None:
-        rows = [(store_identity(store), m.key, m.etag, m.size, bytes.fromhex(m.root), encode(m))
-                for m in manifests if m.etag is not None]  # fmt: skip
+        identity = store_identity(store)
+        rows = [(identity, m.key, m.etag, m.size, bytes.fromhex(m.root), encode(m)) for m in manifests if m.etag]
         if rows:
             connection = self._connection()
             connection.execute("BEGIN")

@@ -10,6 +10,7 @@ bounded window, cutting exactly where whole-file chunking would (a cut depends o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import blake3
@@ -51,13 +52,22 @@ LARGE = ChunkParams(min_size=32 * KiB, avg_size=128 * KiB, max_size=512 * KiB)
 
 
 def params_for_size(size: int) -> ChunkParams:
-    return next((params for limit, params in SIZE_CLASSES if size <= limit), LARGE)
+    for limit, params in SIZE_CLASSES:
+        if size <= limit:
+            return params
+    return LARGE
 
 
-class Chunk(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A chunk of an object: where it starts, how long it is, its BLAKE3 (hex).
+
+    A slotted dataclass, not a pydantic model: a sync builds millions of them, and they never cross an
+    activity boundary (caches and staged ranges hold them packed, see `cache.encode`)."""
+
     offset: int
     length: int
-    digest: str = Field(description="BLAKE3 of the chunk, hex")
+    digest: str
 
 
 def digest(data: bytes | memoryview) -> str:
@@ -94,7 +104,7 @@ def chunk_stream(
                 if not eof and item.offset + params.max_size > filled:
                     break
                 piece = data[item.offset : item.offset + item.length]
-                chunk = Chunk.model_construct(offset=base + item.offset, length=item.length, digest=digest(piece))
+                chunk = Chunk(offset=base + item.offset, length=item.length, digest=digest(piece))
                 found.append((chunk, bytes(piece) if with_data else None))
                 piece.release()
                 consumed = item.offset + item.length

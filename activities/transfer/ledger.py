@@ -61,8 +61,9 @@ def entry_key(ledger: str, stamp: str) -> str:
 
 
 def copy(source: Store, key: str, destination: Store, destination_key: str) -> None:
-    """Copy one object between stores: server-side when the provider can, else streamed in parts."""
-    if source.copy_object(key, destination, destination_key) is not None:
+    """Copy one object between stores: server-side when the provider can (`server_side_copy`), else
+    streamed in parts through the worker."""
+    if source.capabilities.server_side_copy and source.copy_object(key, destination, destination_key) is not None:
         return
     with source.open_read(key) as stream:
         writer = destination.open_multipart(destination_key)
@@ -93,10 +94,12 @@ def record(target: Store, ledger: str, stamp: str, entry: LedgerEntry) -> None:
     if area.exists(key):
         earlier = LedgerEntry.model_validate_json(area.read_bytes(key))
         kept = {o.key for o in earlier.overwritten}
-        entry = LedgerEntry(
-            created=sorted(set(earlier.created) | set(entry.created)),
-            overwritten=earlier.overwritten + [o for o in entry.overwritten if o.key not in kept],
-        )
+        overwritten = earlier.overwritten + [o for o in entry.overwritten if o.key not in kept]
+        # An object an attempt preserved existed before the sync: a retry that sees it (say, through a
+        # stale listing) as new must not turn its undo into a delete.
+        preserved = {o.key for o in overwritten}
+        created = sorted((set(earlier.created) | set(entry.created)) - preserved)
+        entry = LedgerEntry(created=created, overwritten=overwritten)
     area.put_bytes(key, entry.model_dump_json().encode())
 
 

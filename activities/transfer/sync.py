@@ -15,13 +15,10 @@ returning, so no object is committed after the workflow started its undo.
 
 from __future__ import annotations
 
-import contextvars
-import heapq
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from dataclasses import replace
 
 from pydantic import BaseModel, Field
 from temporalio import activity
@@ -39,25 +36,28 @@ from activities.transfer.delta import (
     Rebuild,
     Totals,
     copy_small,
-    needs_transfer,
 )
-from activities.transfer.layout import staging_key, sync_name, user_objects
-from activities.transfer.ledger import LedgerEntry, legacy_ledger_name, preserve, record
-from activities.transfer.manifest import ObjectManifest, fingerprint
-from activities.transfer.staging import Skipped, read_keys, read_range, write_keys, write_range
+from activities.transfer.layout import reserved_reason, staging_key, sync_name, user_objects
+from activities.transfer.ledger import LedgerEntry, Overwritten, legacy_ledger_name, preserve, record
+from activities.transfer.manifest import ObjectManifest, _Counter, fingerprint, fingerprint_many
+from activities.transfer.pool import Ticker, raise_if_cancelled, run_pool, slices
+from activities.transfer.staging import (
+    Skipped,
+    read_keys,
+    read_payload,
+    read_range,
+    write_keys,
+    write_payload,
+    write_range,
+)
 from activities.transfer.uploads import abort_stale, abort_upload
 
 GiB = 1 << 30
 #: Large objects rebuilt at once (rclone's default --transfers is 4 as well).
 PARALLEL_OBJECTS = 4
-#: Small objects copied at once: each is one request each way, so latency, not bandwidth, bounds them.
-PARALLEL_SMALL = 32
-#: Objects fingerprinted at once at the source (reads in-region; hashing releases the GIL).
-PARALLEL_FINGERPRINTS = 8
 #: Skipped keys and example keys carried back per batch (the rest are counted).
 LISTED = 50
 
-T = TypeVar("T")
 #: Counters of bytes that crossed: a retried batch adds what its killed attempts already sent.
 CARRIED = ("bytes_transferred", "chunks_transferred", "chunks_refetched")
 
@@ -79,6 +79,12 @@ class BatchInput(BaseModel):
     after: str | None = Field(None, description="Start after this key (None: from the beginning)")
     max_objects: int = Field(1000, ge=1)
     max_bytes: int = Field(8 * GiB, ge=1)
+    inline_bytes: int = Field(0, ge=0, description="Hand the bytes of new or changed small objects to the target "
+                              "with the manifests, up to this many per range (0: the target reads them)")  # fmt: skip
+
+
+#: What `inline_bytes` a sync should ask for (not a dry run): a range's small objects in one request.
+INLINE_BYTES = 32 << 20
 
 
 class FingerprintedBatch(BaseModel):
@@ -90,6 +96,7 @@ class FingerprintedBatch(BaseModel):
     staging_key: str
     skipped: int = 0
     metadata_bytes: int = 0
+    inlined_bytes: int = Field(0, description="Small objects' bytes staged with the range (counted when applied)")
 
 
 class ApplyBatchInput(BaseModel):
@@ -147,6 +154,8 @@ def _within(items: Iterator[ObjectInfo], through: str | None) -> Iterator[Object
 
 def _refusal(source_key: str, target: Store, reserved: str | None) -> str | None:
     """Why `source_key` cannot be written to the target safely, or None."""
+    if (why := reserved_reason(source_key)) is not None:
+        return why
     if reserved is not None and (source_key + "/").startswith(reserved):
         return (f"collides with skyshift's metadata area '{reserved}' at {target.url}; give the target a metadata "
                 "location outside its root (storage.metadata_url)")  # fmt: skip
@@ -157,38 +166,9 @@ def _refusal(source_key: str, target: Store, reserved: str | None) -> str | None
     return None
 
 
-def _run_pool(tasks: list[Callable[[], T]], workers: int, stop: threading.Event,
-              beat: Callable[[], None]) -> list[tuple[Callable[[], T], T | BaseException]]:  # fmt: skip
-    """Run tasks in threads; poll for cancellation while waiting. Return each task with its result or error.
-
-    A cancelled activity sets `stop` (every task checks it before committing) and waits for the
-    threads to return: when this returns, nothing is still writing.
-    """
-    if not tasks:
-        return []
-    outcomes: list[tuple[Callable[[], T], T | BaseException]] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skyshift-sync") as pool:
-        # Pool threads need the activity's context (heartbeats are context-bound): one copy per task.
-        futures: dict[Future, Callable[[], T]] = {
-            pool.submit(contextvars.copy_context().run, task): task for task in tasks
-        }
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-            for future in done:
-                error = future.exception()
-                outcomes.append((futures[future], error if error is not None else future.result()))
-            if activity.is_cancelled() and not stop.is_set():
-                stop.set()
-                for future in pending:
-                    future.cancel()
-            beat()
-    return outcomes
-
-
-def _raise_if_cancelled(stop: threading.Event) -> None:
-    if stop.is_set() or activity.is_cancelled():
-        raise CancelledError("stopped before committing anything more")
+def _parallel(*stores: Store) -> int:
+    """Requests in flight for work touching these stores: the most any of them wants."""
+    return max(store.capabilities.parallel_requests for store in stores)
 
 
 # -- activities -------------------------------------------------------------------------------------
@@ -212,13 +192,21 @@ def check_source(request: SourceCheckInput) -> int:
 @activity.defn(no_thread_cancel_exception=True)
 @fail_fast_on_permanent_errors
 def fingerprint_batch(request: BatchInput) -> FingerprintedBatch:
-    """Source side: list and fingerprint one range in-region; stage its manifests for the target."""
+    """Source side: list and fingerprint one range in-region; stage its manifests for the target.
+
+    Heartbeats while listing and while hashing (one large object may take minutes), with the counts."""
     source, target = open_store(request.source), open_store(request.target)
     reserved = reserved_prefix(target.spec)
     infos: list[ObjectInfo] = []
     skipped: list[Skipped] = []
     size, last_key, done = 0, None, True
-    for info in user_objects(source, request.path, request.after):
+    hashed, stop = _Counter(), threading.Event()
+
+    def beat() -> None:
+        activity.heartbeat({"listed": len(infos) + len(skipped), "bytes_hashed": hashed.value})
+
+    tick = Ticker(beat)
+    for info in user_objects(source, request.path, request.after, include_reserved=True):
         if len(infos) + len(skipped) >= request.max_objects or (infos and size + info.size > request.max_bytes):
             done = False
             break
@@ -226,38 +214,21 @@ def fingerprint_batch(request: BatchInput) -> FingerprintedBatch:
         refusal = _refusal(info.key, target, reserved)
         if refusal is not None:
             skipped.append(Skipped(key=info.key, reason=refusal))
-            continue
-        infos.append(info)
-        size += info.size
-    stop = threading.Event()
-    read = 0
-
-    def fingerprint_one(info: ObjectInfo) -> Callable[[], ObjectManifest]:
-        def task() -> ObjectManifest:
-            _raise_if_cancelled(stop)
-            manifest, computed = fingerprint(source, info)
-            nonlocal read
-            read += info.size if computed else 0
-            return manifest
-
-        return task
-
-    manifests: list[ObjectManifest] = []
-
-    def beat() -> None:
-        activity.heartbeat({"fingerprinted": len(manifests), "bytes_read": read})
-
-    outcomes = _run_pool([fingerprint_one(i) for i in infos], PARALLEL_FINGERPRINTS, stop, beat)
-    for _, outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        manifests.append(outcome)
-    _raise_if_cancelled(stop)
-    manifests.sort(key=lambda m: m.key)
-    key = staging_key(request.sync, request.batch)
-    written = write_range(target.metadata, key, manifests, skipped)
-    return FingerprintedBatch(last_key=last_key, objects=len(infos), bytes=size, bytes_read=read, done=done,
-                              staging_key=key, skipped=len(skipped), metadata_bytes=written)  # fmt: skip
+        else:
+            infos.append(info)
+            size += info.size
+        tick()
+        raise_if_cancelled(stop)
+    result = fingerprint_many(source, infos, stop, beat, hashed, keep_bytes=request.inline_bytes)
+    manifests = sorted(result.manifests.values(), key=lambda m: m.key)
+    key, payload_key, inlined = staging_key(request.sync, request.batch), None, 0
+    if result.bodies:
+        payload_key = staging_key(request.sync, request.batch, "payload")
+        inlined = write_payload(target.metadata, payload_key, result.bodies)
+    written = write_range(target.metadata, key, manifests, skipped, payload_key)
+    return FingerprintedBatch(last_key=last_key, objects=len(infos), bytes=size, bytes_read=result.bytes_read,
+                              done=done, staging_key=key, skipped=len(skipped), metadata_bytes=written,
+                              inlined_bytes=inlined)  # fmt: skip
 
 
 class _Apply:
@@ -272,14 +243,26 @@ class _Apply:
         self.partial: dict[str, Totals] = {}
         self.committed: list[ObjectManifest] = []
         self.deletable: list[str] = []
+        self.tick = Ticker(self.beat)
+        self.payload: dict[str, bytes] = {}
+        self.payload_counted = False
         # Bytes a killed attempt of this batch sent still crossed the boundary (and cost egress): carry them.
         details = activity.info().heartbeat_details if activity.in_activity() else ()
         self.reported_parts: dict[str, int] = {}
         if details and isinstance(details[-1], dict) and "moved" in details[-1]:
             moved = Totals.model_validate(details[-1]["moved"])
             self.result.totals = Totals(**{name: getattr(moved, name) for name in CARRIED})
+            self.payload_counted = bool(details[-1].get("payload_counted"))
             for progress in details[-1].get("in_flight", []):
                 self.reported_parts[progress["key"]] = sum(part["size"] for part in progress["parts"])
+
+    def take_payload(self, payload: dict[str, bytes]) -> None:
+        """Small objects' bytes the source worker staged: they crossed the boundary once, when staged, so
+        they count as sent (used or not), and a retried batch does not count them again."""
+        self.payload = payload
+        if not self.payload_counted:
+            self.result.totals.bytes_transferred += sum(len(body) for body in payload.values())
+            self.payload_counted = True
 
     def note_skip(self, key: str, reason: str) -> None:
         with self.lock:
@@ -288,33 +271,40 @@ class _Apply:
                 self.result.skipped.append(Skipped(key=key, reason=reason))
 
     def beat(self) -> None:
+        if not activity.in_activity():
+            return
         with self.lock:
             moved = self.result.totals
             for partial in self.partial.values():
                 moved = moved.add(partial)
             activity.heartbeat({"objects_changed": moved.objects_changed, "bytes": moved.bytes_transferred,
-                                "moved": moved.model_dump(mode="json"),
+                                "moved": moved.model_dump(mode="json"), "payload_counted": self.payload_counted,
                                 "in_flight": [p.model_dump(mode="json") for p in self.in_flight.values()]})  # fmt: skip
 
     def merged(self, manifests: list[ObjectManifest]) -> Iterator[tuple[str, ObjectManifest | None, ObjectInfo | None]]:
         """Sorted merge of the staged source range and the target's listing of the same range."""
         request = self.request
         target_listing = _within(user_objects(self.target, request.path, request.after), request.through)
-        streams = [((m.key, 0, m) for m in manifests), ((o.key, 1, o) for o in target_listing)]
-        pending: list = []
-        for key, side, item in heapq.merge(*streams, key=lambda entry: (entry[0], entry[1])):
-            if pending and pending[0] == key:
-                pending[2] = item
-                continue
-            if pending:
-                yield tuple(pending)  # type: ignore[misc]
-            pending = [key, item, None] if side == 0 else [key, None, item]
-        if pending:
-            yield tuple(pending)  # type: ignore[misc]
+        staged = iter(manifests)
+        manifest = next(staged, None)
+        for existing in target_listing:
+            self.tick()
+            while manifest is not None and manifest.key < existing.key:
+                yield manifest.key, manifest, None
+                manifest = next(staged, None)
+            if manifest is not None and manifest.key == existing.key:
+                yield existing.key, manifest, existing
+                manifest = next(staged, None)
+            else:
+                yield existing.key, None, existing
+        while manifest is not None:
+            yield manifest.key, manifest, None
+            manifest = next(staged, None)
 
     def run(self, manifests: list[ObjectManifest], refused: set[str]) -> AppliedBatch:
         request, totals = self.request, self.result.totals
         changed: list[tuple[ObjectManifest, ObjectInfo | None]] = []
+        same_size: list[tuple[ObjectManifest, ObjectInfo]] = []
         deletable: list[str] = []
         for key, manifest, existing in self.merged(manifests):
             if existing is not None:
@@ -326,8 +316,14 @@ class _Apply:
             totals.objects_total += 1
             totals.bytes_total += manifest.size
             totals.chunks_total += len(manifest.chunks)
-            if needs_transfer(self.target, manifest, existing):
+            if existing is None or existing.size != manifest.size:
                 changed.append((manifest, existing))
+            else:
+                same_size.append((manifest, existing))
+        if same_size:  # equal Merkle roots mean equal bytes; the target side is fingerprinted in-region (cached)
+            current = fingerprint_many(self.target, [e for _, e in same_size], self.stop, self.beat).manifests
+            changed += [(m, e) for m, e in same_size if current[e.key].root != m.root]
+            changed.sort(key=lambda pair: pair[0].key)
         self.result.changed = [m.key for m, _ in changed[:LISTED]]
         self.deletable = deletable
         self.result.deletable = len(deletable)
@@ -339,24 +335,42 @@ class _Apply:
             write_keys(self.target.metadata, staging_key(request.sync, request.batch, "deletes"), deletable)
         if request.ledger_key and changed:
             self._record_undo(changed)
-        self._copy([m for m, _ in changed])
+        self._copy(changed)
         manifest_cache().put_many(self.target, self.committed)
         return self.result
 
     def _record_undo(self, changed: list[tuple[ObjectManifest, ObjectInfo | None]]) -> None:
-        """Before anything is written: keep the prior bytes of what will be overwritten, ledger it all."""
+        """Before anything is written: keep the prior bytes of what will be overwritten (many at once), and
+        ledger it all."""
         request = self.request
         assert request.ledger_key is not None
+        ledger = request.ledger_key
         entry = LedgerEntry(created=[m.key for m, existing in changed if existing is None])
-        for manifest, existing in changed:
-            if existing is not None:
-                _raise_if_cancelled(self.stop)
-                entry.overwritten.append(preserve(self.target, request.ledger_key, request.ledger_stamp, manifest.key))
-        record(self.target, request.ledger_key, request.ledger_stamp, entry)
+        overwritten = [m.key for m, existing in changed if existing is not None]
+
+        def keep(part: list[str]) -> Callable[[], list[Overwritten]]:
+            def task() -> list[Overwritten]:
+                kept = []
+                for key in part:
+                    raise_if_cancelled(self.stop)
+                    kept.append(preserve(self.target, ledger, request.ledger_stamp, key))
+                return kept
+
+            return task
+
+        workers = _parallel(self.target)
+        outcomes = run_pool([keep(list(p)) for p in slices(overwritten, workers)], workers, self.stop, self.beat)
+        raise_if_cancelled(self.stop)
+        for _, outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            entry.overwritten += outcome
+        entry.overwritten.sort(key=lambda o: o.key)
+        record(self.target, ledger, request.ledger_stamp, entry)
 
     def _estimate(self, changed: list[tuple[ObjectManifest, ObjectInfo | None]]) -> None:
-        large = [m for m, _ in changed if not m.small]
-        index = ChunkIndex.for_changed(self.target, large)
+        large = [(m, e) for m, e in changed if not m.small]
+        index = ChunkIndex.for_changed(self.target, large, self.stop, self.beat) if large else ChunkIndex()
         totals = self.result.totals
         for manifest, _ in changed:
             missing = manifest.chunks if manifest.small else [c for c in manifest.chunks if c.digest not in index.where]
@@ -364,13 +378,19 @@ class _Apply:
             totals.chunks_transferred += len(missing)
             totals.bytes_transferred += sum(c.length for c in missing)
 
-    def _copy(self, manifests: list[ObjectManifest]) -> None:
-        small = [m for m in manifests if m.small]
-        large = [m for m in manifests if not m.small]
-        self._settle(_run_pool([self._small_task(m) for m in small], PARALLEL_SMALL, self.stop, self.beat))
-        index = ChunkIndex.for_changed(self.target, large) if large else ChunkIndex()
-        self._settle(_run_pool([self._large_task(m, index) for m in large], PARALLEL_OBJECTS, self.stop, self.beat))
-        _raise_if_cancelled(self.stop)
+    def _copy(self, changed: list[tuple[ObjectManifest, ObjectInfo | None]]) -> None:
+        small = [m for m, _ in changed if m.small]
+        large = [(m, e) for m, e in changed if not m.small]
+        workers = _parallel(self.source, self.target)
+        tasks = [self._small_task(list(part)) for part in slices(small, workers)]
+        self._settle(run_pool(tasks, workers, self.stop, self.beat))
+        raise_if_cancelled(self.stop)
+        if small:
+            self.target.flush()  # small objects were written without an fsync each: one flush for the batch
+        index = ChunkIndex.for_changed(self.target, large, self.stop, self.beat) if large else ChunkIndex()
+        tasks = [self._large_task(m, index) for m, _ in large]
+        self._settle(run_pool(tasks, PARALLEL_OBJECTS, self.stop, self.beat))
+        raise_if_cancelled(self.stop)
 
     def _settle(self, outcomes: list) -> None:
         """Per-object failures that retrying cannot fix are skipped by name; anything else fails the batch."""
@@ -378,7 +398,7 @@ class _Apply:
         for task, outcome in outcomes:
             if isinstance(outcome, CorruptionError | InvalidKeyError):
                 self.note_skip(task.key, str(outcome))
-            elif isinstance(outcome, Interrupted):
+            elif isinstance(outcome, Interrupted | CancelledError):
                 continue
             elif isinstance(outcome, BaseException) and failure is None:
                 failure = outcome
@@ -387,20 +407,40 @@ class _Apply:
 
     def _committed(self, manifest: ObjectManifest, info: ObjectInfo, moved: Totals) -> None:
         with self.lock:
-            self.committed.append(manifest.model_copy(update={"key": info.key, "etag": info.etag}))
+            self.committed.append(replace(manifest, key=info.key, etag=info.etag))
             totals = self.result.totals.add(moved)
             totals.objects_changed += 1
             self.result.totals = totals
             self.in_flight.pop(manifest.key, None)
             self.partial.pop(manifest.key, None)
 
-    def _small_task(self, manifest: ObjectManifest) -> Callable[[], None]:
-        def task() -> None:
-            info, read = copy_small(self.source, self.target, manifest, self.stop)
-            moved = Totals(bytes_transferred=read, chunks_transferred=len(manifest.chunks), objects_verified=1)
-            self._committed(manifest, info, moved)
+    def _small_task(self, part: list[ObjectManifest]) -> Callable[[], None]:
+        """Copy a slice of small objects one after another (a task per slice, not per object)."""
 
-        task.key = manifest.key  # type: ignore[attr-defined]
+        def task() -> None:
+            committed, read, chunks = [], 0, 0
+            try:
+                for manifest in part:
+                    staged = self.payload.get(manifest.key)
+                    try:
+                        info, got = copy_small(self.source, self.target, manifest, self.stop, durable=False,
+                                               staged=staged)  # fmt: skip
+                    except (CorruptionError, InvalidKeyError) as error:
+                        self.note_skip(manifest.key, str(error))
+                        continue
+                    read += got
+                    chunks += len(manifest.chunks)
+                    committed.append(replace(manifest, key=info.key, etag=info.etag))
+            finally:
+                with self.lock:
+                    totals = self.result.totals
+                    totals.bytes_transferred += read
+                    totals.chunks_transferred += chunks
+                    totals.objects_verified += len(committed)
+                    totals.objects_changed += len(committed)
+                    self.committed += committed
+
+        task.key = part[0].key if part else ""  # type: ignore[attr-defined]
         return task
 
     def _large_task(self, manifest: ObjectManifest, index: ChunkIndex) -> Callable[[], None]:
@@ -415,7 +455,7 @@ class _Apply:
             # Parts the provider held that no heartbeat reported were still sent by an earlier attempt.
             rebuild.totals.bytes_transferred += max(0, rebuild.resumed_bytes - self.reported_parts.get(manifest.key, 0))
             with self.lock:
-                index.add(manifest)  # later objects may reuse its chunks
+                index.add(replace(manifest, etag=info.etag))  # later objects may reuse its chunks
             self._committed(manifest, info, rebuild.totals)
 
         task.key = manifest.key  # type: ignore[attr-defined]
@@ -429,6 +469,8 @@ def apply_batch(request: ApplyBatchInput) -> AppliedBatch:
     source, target = open_store(request.source), open_store(request.target)
     staged = read_range(target.metadata, request.staging_key)
     apply = _Apply(source, target, request)
+    if staged.payload_key and not request.dry_run:
+        apply.take_payload(read_payload(target.metadata, staged.payload_key))
     apply.beat()  # at once: a resumed attempt must not look dead while it lists and plans
     for skip in staged.skipped:
         apply.note_skip(skip.key, skip.reason)

@@ -26,26 +26,31 @@ class UploadRecord(BaseModel):
     upload_id: str
     part_size: int
     started_at: float = Field(description="Unix time the upload began; stale records are aborted")
+    layout: str = Field("", description="Digest of the part plan when parts are not all `part_size` (copied runs)")
 
 
 def record_key(key: str) -> str:
     return f"{RECORDS}/{blake3.blake3(key.encode('utf-8', 'surrogatepass')).hexdigest()[:40]}.json"
 
 
-def open_upload(target: Store, key: str, root: str, part_size: int) -> tuple[PartWriter, list[PartInfo]]:
-    """A writer for `key` and the parts already uploaded for this exact version (resumed), in order."""
+def open_upload(target: Store, key: str, root: str, part_size: int, sizes: list[int] | None = None,
+                layout: str = "") -> tuple[PartWriter, list[PartInfo]]:  # fmt: skip
+    """A writer for `key` and the parts already uploaded for this exact version and part plan (resumed),
+    in order. `sizes`: each planned part's size (default: all `part_size`)."""
     area, name = target.metadata, record_key(key)
     if area.exists(name):
         record = UploadRecord.model_validate_json(area.read_bytes(name))
         writer = target.open_multipart(key, record.upload_id)
         held = writer.uploaded_parts()
-        if held is not None and record.key == key and record.root == root and record.part_size == part_size:
-            return writer, _contiguous(held, part_size)
+        if (held is not None and record.key == key and record.root == root and record.part_size == part_size
+                and record.layout == layout):  # fmt: skip
+            return writer, _contiguous(held, sizes, part_size)
         if held is not None:
             writer.abort()  # another version of the object: its parts are useless now
         area.remove(name)
     writer = target.open_multipart(key)
-    record = UploadRecord(key=key, root=root, upload_id=writer.upload_id, part_size=part_size, started_at=time.time())
+    record = UploadRecord(key=key, root=root, upload_id=writer.upload_id, part_size=part_size, started_at=time.time(),
+                          layout=layout)  # fmt: skip
     area.put_bytes(name, record.model_dump_json().encode())
     return writer, []
 
@@ -72,11 +77,12 @@ def abort_stale(target: Store, older_than: float) -> int:
     return aborted
 
 
-def _contiguous(parts: list[PartInfo], part_size: int) -> list[PartInfo]:
-    """Parts 1..n, each full size: what can be kept; anything after a gap is uploaded again."""
+def _contiguous(parts: list[PartInfo], sizes: list[int] | None, part_size: int) -> list[PartInfo]:
+    """Parts 1..n, each of its planned size: what can be kept; anything after a gap is uploaded again."""
     kept = []
     for expected, part in enumerate(sorted(parts, key=lambda p: p.number), start=1):
-        if part.number != expected or part.size != part_size:
+        planned = sizes[expected - 1] if sizes is not None and expected <= len(sizes) else part_size
+        if part.number != expected or part.size != planned:
             break
         kept.append(part)
     return kept
