@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -23,8 +24,10 @@ FAULTS = ("503", "500", "reset", "truncate")
 @dataclass
 class Counters:
     requests: int = 0
+    methods: Counter = field(default_factory=Counter)  # requests by HTTP method
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULTS, 0))
     bytes_served: int = 0
+    object_bytes_served: int = 0  # GET bodies of objects (no query string: not listings)
     corrupted: int = 0
 
 
@@ -47,6 +50,7 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
 
             def log_message(self, *args) -> None:
                 pass
@@ -61,9 +65,10 @@ class FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def _fault(self) -> str | None:
+    def _fault(self, method: str) -> str | None:
         with self.lock:
             self.counters.requests += 1
+            self.counters.methods[method] += 1
             if self.rate and self.random.random() < self.rate:
                 kind = self.random.choice(self.kinds)
                 self.counters.faults[kind] += 1
@@ -96,7 +101,7 @@ class FaultProxy:
         body = request.rfile.read(length) if length else None
         if self.latency_s:
             time.sleep(self.latency_s)
-        fault = self._fault()
+        fault = self._fault(request.command)
         if fault in ("503", "500"):
             message = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
             request.send_response(int(fault))
@@ -130,6 +135,7 @@ class FaultProxy:
             request.wfile.write(payload[:cut])
             with self.lock:
                 self.counters.bytes_served += cut
+                self.counters.object_bytes_served += cut if "?" not in request.path else 0
             self._reset(request)  # the body stops halfway: IncompleteRead on the client
             return
         self._send(request, payload, counted=request.command == "GET")
@@ -144,6 +150,7 @@ class FaultProxy:
             if counted:
                 with self.lock:
                     self.counters.bytes_served += len(piece)
+                    self.counters.object_bytes_served += len(piece) if "?" not in request.path else 0
             ahead = (offset + step) / self.bytes_per_s - (time.monotonic() - started) if self.bytes_per_s else 0
             if ahead > 0:
                 time.sleep(ahead)

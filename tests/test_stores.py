@@ -71,6 +71,41 @@ def test_capabilities_are_declared_as_data():
     assert S3Store.capabilities.max_parts == 10_000 and S3Store.capabilities.min_part_bytes == 5 << 20
 
 
+def test_a_part_copied_inside_the_store_is_pinned_to_the_version_named(store: Store):
+    """`part_copy` where declared (S3 UploadPartCopy, a local kernel copy); None everywhere else."""
+    data = bytes(range(256)) * (6 * 4096 + 10)  # just over 6 MiB
+    info = store.put_bytes("src.bin", data)
+    writer = store.open_multipart("dst.bin")
+    copied = writer.copy_part(1, "src.bin", 0, 6 << 20, info.etag)
+    if not store.capabilities.part_copy:
+        assert copied is None
+        writer.abort()
+        return
+    assert copied is not None and copied.size == 6 << 20
+    assert writer.copy_part(3, "src.bin", 0, 6 << 20, "another-version") is None, "never copies other bytes"
+    tail = writer.put_part(2, b"tail")
+    writer.complete([copied, tail])
+    assert store.read_bytes("dst.bin") == data[: 6 << 20] + b"tail"
+
+
+def test_writes_made_durable_later_are_visible_at_once(store: Store):
+    store.put_bytes("later.bin", b"flushed with its batch", durable=False)
+    assert store.read_bytes("later.bin") == b"flushed with its batch"
+    store.flush()
+    assert store.info("later.bin").size == len(b"flushed with its batch")
+
+
+def test_a_large_directory_lists_in_key_order_from_any_key(store: Store, monkeypatch):
+    from activities.stores.dircache import listings
+
+    monkeypatch.setattr(listings, "min_entries", 8)  # the local store keeps its sorted listing from here on
+    keys = sorted([f"big/{i:03d}.bin" for i in range(24)] + ["big/010/sub.bin", "big/010.txt", "big/0100"])
+    for key in keys:
+        store.put_bytes(key, b"x")
+    for index, after in enumerate([None, *keys]):
+        assert [o.key for o in store.list("big", start_after=after)] == keys[index:], after
+
+
 def test_store_urls_are_validated():
     assert safe_key("a/b.c") == "a/b.c"
     with pytest.raises(ValueError, match="must start with one of"):

@@ -22,7 +22,7 @@ import bisect
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -71,14 +71,14 @@ class DirectoryListings:
         self._entries: OrderedDict[str, _Listing] = OrderedDict()
         self._lock = threading.Lock()
         self._scanning: dict[str, threading.Lock] = {}
-        self.scans = 0  # full reads of a directory, for tests and benchmarks
+        self.scans: Counter[str] = Counter()  # full reads of each directory, for tests and benchmarks
 
     def names_after(self, directory: str, after: str | None) -> Iterator[str]:
         """Sort keys of `directory` greater than `after`, in order, a slice at a time."""
         listing = self._listing(directory)
         if listing is None:  # small or changing: read it now, sorted
             names = sorted(scan(directory))
-            self.scans += 1
+            self.scans[directory] += 1
             start = 0 if after is None else bisect.bisect_right(names, after)
             yield from names[start:]
             return
@@ -110,7 +110,7 @@ class DirectoryListings:
             before = _signature(directory)
             names = scan(directory)
             after = _signature(directory)
-            self.scans += 1
+            self.scans[directory] += 1
             if after is None or before != after or len(names) < self.min_entries:
                 with self._lock:
                     self._entries.pop(directory, None)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import requests.adapters
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -29,6 +31,10 @@ from activities.stores.resilient import resuming
 _MiB = 1 << 20
 
 
+_clients: dict[tuple[str | None, str | None, str | None], storage.Client] = {}
+_clients_lock = threading.Lock()
+
+
 class GCSStore(BucketStore):
     # Parts are objects composed 32 at a time (cloud.google.com/storage/docs/composite-objects) and folded,
     # so their count has no limit here; each is one upload request: 16 MiB parts. Compose takes whole
@@ -44,6 +50,20 @@ class GCSStore(BucketStore):
 
     @staticmethod
     def _client(spec: StoreSpec) -> storage.Client:
+        """One client per endpoint and credential in the process: a sync opens its stores in every activity."""
+        key = (spec.endpoint, os.environ.get("STORAGE_EMULATOR_HOST"), spec.credentials)
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = GCSStore._new_client(spec)
+                # Connections for every request in flight (requests keeps 10 per host by default).
+                adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=128)
+                client._http.mount("https://", adapter)
+                client._http.mount("http://", adapter)
+        return client
+
+    @staticmethod
+    def _new_client(spec: StoreSpec) -> storage.Client:
         emulator = spec.endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
         if emulator:
             options = {"api_endpoint": spec.endpoint} if spec.endpoint else None

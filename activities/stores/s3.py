@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +41,10 @@ def _failure(url: str, action: str, error: ClientError) -> StoreError:
     return StoreError(f"{url}: cannot {action}: {code or error}{hint}", permanent=code in _PERMANENT)
 
 
+_clients: dict[tuple[str | None, str | None], object] = {}
+_clients_lock = threading.Lock()
+
+
 class S3Store(BucketStore):
     # Provider limits are data the transfer engine reads, not branches in it.
     capabilities = Capabilities(
@@ -62,7 +67,16 @@ class S3Store(BucketStore):
 
     @staticmethod
     def _client(spec: StoreSpec):
-        return aws_client("s3", spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3"), spec.credentials, max_pool=32)
+        """One client per endpoint and credential in the process (boto3 clients are thread-safe): building
+        one loads service models for ~0.1-1 s, and a sync opens its stores in every activity."""
+        endpoint = spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3")
+        with _clients_lock:
+            client = _clients.get((endpoint, spec.credentials))
+            if client is None:
+                # Connections for every request in flight: activities at once x parallel_requests each.
+                client = aws_client("s3", endpoint, spec.credentials, max_pool=128)
+                _clients[(endpoint, spec.credentials)] = client
+        return client
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         full = directory_prefix(self.prefix, prefix)
@@ -201,6 +215,12 @@ class _S3Multipart(PartWriter):
             if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 return None  # that version is gone: the caller streams the part
             raise _failure(store.url, f"copy part of {source_key!r}", error) from error
+        if etag is not None:
+            # Some S3-compatible servers ignore CopySourceIfMatch on UploadPartCopy (moto does): a version
+            # that changed by now may have been copied, so the caller streams (and overwrites) the part.
+            current = store.info(source_key)
+            if current is None or current.etag != etag:
+                return None
         return PartInfo(number=number, size=end - start, token=response["CopyPartResult"]["ETag"])
 
     def complete(self, parts: list[PartInfo]) -> ObjectInfo:

@@ -71,7 +71,7 @@ def raise_if_cancelled(stop: threading.Event) -> None:
 class Ticker:
     """Calls `beat` at most once a second from a loop that has no pool to wait on (a long listing)."""
 
-    def __init__(self, beat: Callable[[], None], every_s: float = BEAT_S) -> None:
+    def __init__(self, beat: Callable[[], None], every_s: float | None = None) -> None:
         import time
 
         self._clock = time.monotonic
@@ -79,6 +79,6 @@ class Ticker:
 
     def __call__(self) -> None:
         now = self._clock()
-        if now - self.last >= self.every_s:
+        if now - self.last >= (BEAT_S if self.every_s is None else self.every_s):
             self.last = now
             self.beat()
