@@ -31,17 +31,37 @@ class Counters:
     corrupted: int = 0
 
 
+class _Link:
+    """A shared link of `bytes_per_s`: each transfer waits for its turn on the wire (first come, first served)."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.bytes_per_s, self.free_at, self.lock = bytes_per_s, time.monotonic(), threading.Lock()
+
+    def pass_bytes(self, n: int) -> None:
+        with self.lock:
+            start = max(self.free_at, time.monotonic())
+            self.free_at = start + n / self.bytes_per_s
+            done = self.free_at
+        delay = done - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 class FaultProxy:
     """`rate`: share of replies that fail (each fault kind equally likely, or `kinds`); `latency_s`
     before each request is forwarded; `corrupt_ranged`: flip a byte in that many 206 replies;
     `bytes_per_s`: each reply body is sent no faster than this (a slow link: a test can watch a
-    transfer while it is in progress, however fast the machine)."""
+    transfer while it is in progress, however fast the machine); `link_bytes_per_s`: all request and
+    reply bodies together, over every connection, pass no faster than this (one machine's network
+    link: give each worker process its own proxy to model one VM each)."""
 
     def __init__(self, upstream: str, *, rate: float = 0.0, kinds: tuple[str, ...] = FAULTS, latency_s: float = 0.0,
-                 corrupt_ranged: int = 0, seed: int = 7, bytes_per_s: float | None = None) -> None:  # fmt: skip
+                 corrupt_ranged: int = 0, seed: int = 7, bytes_per_s: float | None = None,
+                 link_bytes_per_s: float | None = None) -> None:  # fmt: skip
         self.upstream = urlparse(upstream)
         self.rate, self.kinds, self.latency_s, self.corrupt_left = rate, kinds, latency_s, corrupt_ranged
         self.bytes_per_s = bytes_per_s
+        self.link = _Link(link_bytes_per_s) if link_bytes_per_s else None
         self.counters = Counters()
         self.random = random.Random(seed)
         self.lock = threading.Lock()
@@ -99,6 +119,8 @@ class FaultProxy:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         length = int(request.headers.get("Content-Length", 0) or 0)
         body = request.rfile.read(length) if length else None
+        if self.link is not None and length:
+            self.link.pass_bytes(length)
         if self.latency_s:
             time.sleep(self.latency_s)
         fault = self._fault(request.command)
@@ -146,6 +168,8 @@ class FaultProxy:
         started = time.monotonic()
         for offset in range(0, len(payload), step):
             piece = payload[offset : offset + step]
+            if self.link is not None:
+                self.link.pass_bytes(len(piece))
             request.wfile.write(piece)
             if counted:
                 with self.lock:
@@ -168,3 +192,24 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.faultproxy UPSTREAM`: serve a proxy in this process (one per worker in benchmarks, so
+    each models its own machine's link); prints its URL, then runs until killed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
+    parser.add_argument("upstream")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--link-mb-per-s", type=float, help="one shared link for every connection, in MB/s")
+    args = parser.parse_args(argv)
+    link = args.link_mb_per_s * 1e6 if args.link_mb_per_s else None
+    proxy = FaultProxy(args.upstream, latency_s=args.latency_ms / 1000, link_bytes_per_s=link)
+    print(proxy.url, flush=True)
+    threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,11 +25,19 @@ from activities.transfer.delta import Totals
 ACTIVITIES = ("fingerprint_batch", "apply_batch", "finish_sync")
 
 
-def _serve(connection, threads: int) -> None:
-    """A worker process: run each request in a thread, send back (id, result JSON or error text)."""
+def _serve(connection, threads: int, overrides: dict[str, dict]) -> None:
+    """A worker process: run each request in a thread, send back (id, result JSON or error text).
+    `overrides`: capability fields per store class name, set before serving (a benchmark's variant)."""
     from temporalio.testing import ActivityEnvironment
 
+    from activities.stores.gcs import GCSStore
+    from activities.stores.local import LocalStore
+    from activities.stores.s3 import S3Store
     from activities.transfer import sync
+
+    for store in (LocalStore, S3Store, GCSStore):
+        if store.__name__ in overrides:
+            store.capabilities = store.capabilities.model_copy(update=overrides[store.__name__])
 
     lock = threading.Lock()
     models = {"fingerprint_batch": sync.BatchInput, "apply_batch": sync.ApplyBatchInput,
@@ -59,10 +67,10 @@ def _serve(connection, threads: int) -> None:
 class Worker:
     """A process serving the sync activities (the stand-in for `skyshift-worker --env`)."""
 
-    def __init__(self, threads: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, threads: int, overrides: dict[str, dict] | None = None) -> None:
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, threads), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, threads, overrides or {}), daemon=True)
         self.process.start()
         self.pending: dict[str, Future] = {}
         self.lock = threading.Lock()
@@ -107,15 +115,14 @@ class Run:
 
 
 def sync(source: StoreSpec, target: StoreSpec, path: str = "", *, batch_objects: int = 1000, window: int = 4,
-         inline_bytes: int | None = None, source_worker: Worker | None = None,
-         target_worker: Worker | None = None) -> Run:  # fmt: skip
-    """One sync, pipelined like the workflow; workers are started (and stopped) unless given."""
+         inline_bytes: int | None = None, overrides: dict[str, dict] | None = None) -> Run:  # fmt: skip
+    """One sync, pipelined like the workflow, by a fresh source worker and a fresh target worker."""
     from activities.transfer import sync as activities
 
     inline = activities.INLINE_BYTES if inline_bytes is None else inline_bytes
-    own = source_worker is None
-    src = source_worker or Worker(threads=2)
-    dst = target_worker or Worker(threads=max(2, window))
+    src = Worker(threads=2, overrides=overrides)
+    dst = Worker(threads=max(2, window), overrides=overrides)
+    src.peak_rss(), dst.peak_rss()  # both have started and imported the engine: a worker is long-lived
     sync_id, cursor, batches, read = f"bench-{uuid.uuid4().hex[:8]}", None, 0, 0
     totals, deletable, target_objects = Totals(), 0, 0
     window_: deque[Future] = deque()
@@ -157,6 +164,5 @@ def sync(source: StoreSpec, target: StoreSpec, path: str = "", *, batch_objects:
         return Run(totals=totals, seconds=seconds, batches=batches, fingerprint_bytes_read=read,
                    peak_rss={"source worker": src.peak_rss(), "target worker": dst.peak_rss()})  # fmt: skip
     finally:
-        if own:
-            src.close()
-            dst.close()
+        src.close()
+        dst.close()

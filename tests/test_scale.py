@@ -282,18 +282,19 @@ def test_a_range_handed_over_is_only_counted_once_when_its_batch_is_retried(tmp_
 
 
 def test_listing_and_hashing_heartbeat_as_they_go(tmp_path, monkeypatch):
-    monkeypatch.setattr(pool, "BEAT_S", 0.0)
-    monkeypatch.setattr(manifest_module, "PROGRESS_EVERY", MiB)
+    monkeypatch.setattr(pool, "BEAT_S", 0.01)
+    monkeypatch.setenv("SKYSHIFT_FINGERPRINT_PROCESSES", "1")  # one pass: progress window by window
     source = open_store(f"file://{tmp_path}/src")
-    for i in range(300):
-        source.put_bytes(f"a/{i:04d}", b"x")
-    source.put_bytes("b/large.bin", os.urandom(12 * MiB))
+    for i in range(2000):
+        source.put_bytes(f"a/{i:04d}", b"x", durable=False)
+    size = 80 * MiB  # more than one 64 MiB window
+    source.put_bytes("b/large.bin", os.urandom(size))
     beats: list[dict] = []
-    run_sync(source.spec, StoreSpec(url=f"file://{tmp_path}/dst"), batch=1000, heartbeats=beats)
+    run_sync(source.spec, StoreSpec(url=f"file://{tmp_path}/dst"), batch=3000, heartbeats=beats)
     listed = [b["listed"] for b in beats if "listed" in b and b["bytes_hashed"] == 0]
     hashed = {b["bytes_hashed"] for b in beats if "bytes_hashed" in b}
-    assert any(0 < n < 301 for n in listed), "the listing heartbeats before it ends"
-    assert any(300 < n < 300 + 12 * MiB for n in hashed), "a large object heartbeats while it is hashed"
+    assert any(0 < n < 2001 for n in listed), "the listing heartbeats before it ends"
+    assert any(2000 < n < 2000 + size for n in hashed), "a large object heartbeats while it is hashed"
 
 
 # -- the ledger --------------------------------------------------------------------------------------

@@ -313,6 +313,10 @@ class Store(abc.ABC):
     def remove(self, key: str) -> bool:
         """Delete the object; return False when it was already absent (idempotent)."""
 
+    def remove_many(self, keys: list[str]) -> int:
+        """Delete many objects (S3: 1,000 a request); return how many the provider confirmed deleted."""
+        return sum(self.remove(key) for key in keys)
+
     @abc.abstractmethod
     def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
         """Start (or, given its id, resume) a multipart write of `key`."""

@@ -153,6 +153,21 @@ class S3Store(BucketStore):
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         return True
 
+    def remove_many(self, keys: list[str]) -> int:
+        deleted = 0
+        for start in range(0, len(keys), 1000):
+            objects = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
+            try:
+                reply = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": False})
+            except ClientError as error:
+                raise _failure(self.url, f"delete {len(objects)} objects", error) from error
+            if reply.get("Errors"):
+                first = reply["Errors"][0]
+                raise StoreError(f"{self.url}: cannot delete {first.get('Key')!r}: {first.get('Code')} "
+                                 f"({len(reply['Errors'])} of {len(objects)} failed)")  # fmt: skip
+            deleted += len(reply.get("Deleted", []))
+        return deleted
+
     def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
         return _S3Multipart(self, key, upload_id)
 

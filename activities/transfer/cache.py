@@ -128,6 +128,19 @@ class ManifestCache:
                     found[key] = decode(key, size, etag, root, body)
         return found
 
+    def in_directory(self, store: Store, directory: str, min_size: int, limit: int) -> list[ObjectManifest]:
+        """Manifests this worker holds of objects directly in `directory` larger than `min_size`: versions
+        it wrote or read before, which may be stale (a reuse read is verified chunk by chunk, a server-side
+        copy is pinned to the version's etag, so a stale one only costs the reuse)."""
+        prefix = f"{directory}/" if directory else ""
+        query = ("SELECT key, etag, size, root, body FROM manifests WHERE store = ? AND key >= ? AND key < ? "
+                 "AND size > ? LIMIT ?")  # fmt: skip
+        rows = self._connection().execute(query, (store_identity(store), prefix, prefix + "\U0010ffff", min_size,
+                                                  4 * limit))  # fmt: skip
+        found = [decode(key, size, etag, root, body) for key, etag, size, root, body in rows
+                 if "/" not in key[len(prefix) :]]  # fmt: skip
+        return found[:limit]
+
     def put_many(self, store: Store, manifests: list[ObjectManifest]) -> None:
         identity = store_identity(store)
         rows = [(identity, m.key, m.etag, m.size, bytes.fromhex(m.root), encode(m)) for m in manifests if m.etag]
@@ -141,7 +154,13 @@ class ManifestCache:
         self.put_many(store, [manifest])
 
     def forget(self, store: Store, key: str) -> None:
-        self._connection().execute("DELETE FROM manifests WHERE store = ? AND key = ?", (store_identity(store), key))
+        self.forget_many(store, [key])
+
+    def forget_many(self, store: Store, keys: list[str]) -> None:
+        identity, connection = store_identity(store), self._connection()
+        connection.execute("BEGIN")
+        connection.executemany("DELETE FROM manifests WHERE store = ? AND key = ?", [(identity, k) for k in keys])
+        connection.execute("COMMIT")
 
 
 _shared: dict[Path, ManifestCache] = {}

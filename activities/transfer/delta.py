@@ -91,6 +91,11 @@ class Location:
     etag: str | None = None  # the version whose digests these are: a server-side copy is pinned to it
 
 
+#: A new object this large may have large siblings read to find shared chunks (a fine-tuned checkpoint
+#: beside its base); smaller ones reuse only what the worker already knows.
+SIBLING_READ_FROM = 64 * MiB
+
+
 class ChunkIndex:
     """Where the target already holds each chunk: old versions and sibling objects."""
 
@@ -109,29 +114,38 @@ class ChunkIndex:
     @classmethod
     def for_changed(cls, target: Store, changed: list[tuple[ObjectManifest, ObjectInfo | None]],
                     stop: threading.Event, beat: Callable[[], None]) -> ChunkIndex:  # fmt: skip
-        """Index the target's current versions of the changed large objects, then large siblings in their
-        directories (fingerprinted in-region, cached, with heartbeats): at most MAX_SIBLINGS indexed and
-        MAX_SCANNED listed per directory."""
+        """Index what the target holds that the changed large objects may reuse, reading as little as it can:
+
+        - the current version of each (fingerprinted in-region, cached): an edited object reuses its own;
+        - large siblings in their directories this worker already holds manifests of (free);
+        - for a new object of SIBLING_READ_FROM or more (a checkpoint beside its base), large siblings read
+          in-region, at most its own size in all: never for an initial sync of many ordinary files, where
+          reading back what was just written would double the traffic.
+        """
+        from activities.transfer.cache import manifest_cache
         from activities.transfer.layout import user_objects
 
-        wanted: dict[str, ObjectInfo] = {}
+        index, cache = cls(), manifest_cache()
         large = [(m, existing) for m, existing in changed if not m.small]
-        for _, existing in large:
-            if existing is not None and existing.size > SMALL_OBJECT:
-                wanted[existing.key] = existing
+        current = [e for _, e in large if e is not None and e.size > SMALL_OBJECT]
+        for manifest in fingerprint_many(target, current, stop, beat).manifests.values():
+            index.add(manifest)  # first: an edited object's runs come from its own old version
+        wanted: dict[str, ObjectInfo] = {}
+        budget = sum(m.size for m, e in large if e is None and m.size >= SIBLING_READ_FROM)
         for directory in sorted({m.key.rpartition("/")[0] for m, _ in large}):
-            seen = 0
+            for manifest in cache.in_directory(target, directory, SMALL_OBJECT, cls.MAX_SIBLINGS):
+                index.add(manifest)
+            if budget <= 0:
+                continue
             candidates = user_objects(target, directory) if directory else user_objects(target)
             for scanned, info in enumerate(candidates):
-                if scanned >= cls.MAX_SCANNED or seen >= cls.MAX_SIBLINGS:
+                if scanned >= cls.MAX_SCANNED or len(wanted) >= cls.MAX_SIBLINGS or budget <= 0:
                     break
-                if info.key.rpartition("/")[0] == directory and info.size > SMALL_OBJECT:
-                    wanted.setdefault(info.key, info)
-                    seen += 1
-        index = cls()
-        if wanted:
-            for manifest in fingerprint_many(target, list(wanted.values()), stop, beat).manifests.values():
-                index.add(manifest)
+                if info.key.rpartition("/")[0] == directory and info.size >= SIBLING_READ_FROM // 4:
+                    wanted[info.key] = info
+                    budget -= info.size
+        for manifest in fingerprint_many(target, list(wanted.values()), stop, beat).manifests.values():
+            index.add(manifest)
         return index
 
 

@@ -30,7 +30,7 @@ from activities.transfer.chunking import (
 from activities.transfer.pool import raise_if_cancelled, run_pool, slices
 
 #: Report progress while chunking a large object every this many bytes (heartbeats show it).
-PROGRESS_EVERY = 64 << 20
+PROGRESS_EVERY = 16 << 20
 
 
 @dataclass(slots=True)

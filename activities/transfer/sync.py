@@ -503,15 +503,17 @@ def finish_sync(request: FinishInput) -> Finished:
                 type="DeleteBoundExceeded",
                 non_retryable=True,
             )
+        staged = {info.key for info in area.list(f"staging/{sync_name(request.sync)}")}
         for batch in range(request.batches):
-            for key in read_keys(area, staging_key(request.sync, batch, "deletes")):
-                result.deleted += target.remove(key)
-                manifest_cache().forget(target, key)
+            name = staging_key(request.sync, batch, "deletes")
+            keys = read_keys(area, name) if name in staged else []
+            if keys:
+                result.deleted += target.remove_many(keys)
+                manifest_cache().forget_many(target, keys)
             activity.heartbeat(result.deleted)
     if not request.dry_run:
         result.aborted_uploads = abort_stale(target, request.started_at)
-    for info in list(area.list(f"staging/{sync_name(request.sync)}")):
-        area.remove(info.key)
+    area.remove_many([info.key for info in area.list(f"staging/{sync_name(request.sync)}")])
     return result
 
 
