@@ -288,7 +288,10 @@ def test_hostile_plan_is_refused_cleanly(tmp_path, capsys, monkeypatch, unblock_
 def test_the_last_repeated_key_does_not_win(tmp_path):
     """The finding behind the repeated-key rule: `delete_source: false` then `true` was read as true."""
     path = raw(REPEATED_YAML)(tmp_path)
-    with pytest.raises(ValueError, match=r"decommission\.delete_source: key repeated at line 57 \(first at line 56\)"):
+    lines = REPEATED_YAML.splitlines()
+    first, repeated = (index + 1 for index, line in enumerate(lines) if line.strip().startswith("delete_source:"))
+    expected = rf"decommission\.delete_source: key repeated at line {repeated} \(first at line {first}\)"
+    with pytest.raises(ValueError, match=expected):
         load_plan(path)
 
 

@@ -148,7 +148,9 @@ async def test_a_worker_killed_mid_object_resumes_and_resends_under_10_percent(
 ):
     size = 128 * MiB
     open_store(f"s3://{s3_bucket}/big").put_bytes("ds/huge.bin", os.urandom(size))
-    proxy = FaultProxy(s3_endpoint)  # counts every byte the source serves: what crossed, exactly
+    # Counts every byte the source serves (what crossed, exactly) and paces it like a cross-region link,
+    # so the kill lands mid-object.
+    proxy = FaultProxy(s3_endpoint, bytes_per_s=32 * MiB)
     source = StoreSpec(url=f"s3://{s3_bucket}/big", endpoint=proxy.url)
     target = f"file://{tmp_path}/dst"
     env = f"killme-{suffix()}"
