@@ -75,6 +75,7 @@ async def test_a_migration_started_on_the_previous_release_finishes_on_this_code
     plan = plan_data(tag, src, dst, workloads=workloads, cutover={"monitor_interval": "1s", "stages": stages},
                      # What is tested here is the upgrade; a latency blip on a busy CI machine must not roll it back.
                      thresholds={"min_samples": 20, "dry_run": ["latency"]})  # fmt: skip
+    plan["bench"] = {"trials": 1, "matrix_size": 128, "device": "cpu"}  # 0.1's bench section
     env = {**os.environ, "PYTHONPATH": str(old), "TEMPORAL_ADDRESS": client.service_client.config.target_host,
            "SKYSHIFT_HOME": str(tmp_path / "old-home")}  # fmt: skip
     roles = [["--control"], ["--env", plan["source"]], ["--env", plan["target"]]]
