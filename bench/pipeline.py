@@ -52,16 +52,21 @@ def _serve(connection, threads: int, overrides: dict[str, dict]) -> None:
         with lock:
             connection.send(reply)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        while True:
-            message = connection.recv()
-            if message is None:
-                break
-            if message == "rss":
-                with lock:
-                    connection.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None))
-                continue
-            pool.submit(run, *message)
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            while True:
+                message = connection.recv()
+                if message is None:
+                    break
+                if message == "rss":
+                    with lock:
+                        connection.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None))
+                    continue
+                pool.submit(run, *message)
+    finally:
+        from activities.transfer import parallel
+
+        parallel.shutdown()
 
 
 class Worker:
@@ -70,7 +75,8 @@ class Worker:
     def __init__(self, threads: int, overrides: dict[str, dict] | None = None) -> None:
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, threads, overrides or {}), daemon=True)
+        # Not a daemon: a worker process starts processes of its own (fingerprinting on every core).
+        self.process = context.Process(target=_serve, args=(child, threads, overrides or {}))
         self.process.start()
         self.pending: dict[str, Future] = {}
         self.lock = threading.Lock()

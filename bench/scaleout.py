@@ -4,8 +4,9 @@ The real thing: `DatasetSyncWorkflow` on the Temporal server, a control worker, 
 and N target worker processes (`python -m workers.main --env`), all on this machine. Each target
 worker reaches S3 through its own proxy (`bench.faultproxy` in its own process): ~50 ms added to
 every request (a cross-region round trip) and one shared link of `link_mb_s` for all of that
-worker's connections (one VM's network). The workflow keeps `window` ranges in flight, so the
-target queue's workers split them; the same dataset goes to a fresh prefix for each N.
+worker's connections (one VM's network). The workflow keeps `window` ranges in flight and each
+target worker takes `slots` of them at once, so the queue's workers split them; the same dataset
+goes to a fresh prefix for each N.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _start(command: list[str], env: dict[str, str], log: Path, pipe: bool = Fals
 
 
 async def run_once(source: str, bucket: str, workers: int, *, latency_ms: float, link_mb_s: float, window: int,
-                   batch_objects: int, logs: Path) -> Measured:  # fmt: skip
+                   batch_objects: int, slots: int, logs: Path) -> Measured:  # fmt: skip
     from skyshift.runtime import connect
     from workflows.plan import CONTROL_TASK_QUEUE, task_queue_for
     from workflows.sync import DatasetSyncWorkflow, SyncInput
@@ -62,7 +63,8 @@ async def run_once(source: str, bucket: str, workers: int, *, latency_ms: float,
             assert proxy.stdout is not None
             url = proxy.stdout.readline().strip()
             env = {**base, "AWS_ENDPOINT_URL_S3": url, "SKYSHIFT_CACHE_DIR": str(logs / f"cache-{run}-{index}")}
-            processes.append(_start([*worker, "--env", env_dst], env, logs / f"target-{index}.log"))
+            processes.append(_start([*worker, "--env", env_dst, "--max-activities", str(slots)], env,
+                                    logs / f"target-{index}.log"))  # fmt: skip
         await _serving(worker_logs, marks)
         client = await connect()
         request = SyncInput(source=StoreSpec(url=source), target=StoreSpec(url=f"s3://{bucket}/n{workers}-{run}"),
@@ -125,11 +127,14 @@ def make_dataset(root: Path, objects: int, size: int) -> None:
 
 
 def compare(home: Path, bucket: str, *, objects: int = 192, size: int = 1 << 20, latency_ms: float = 50.0,
-            link_mb_s: float = 12.0, window: int = 4, batch_objects: int = 12) -> list[Measured]:  # fmt: skip
-    """The same dataset synced with 1 and then 2 target workers."""
+            link_mb_s: float = 12.0, window: int = 4, batch_objects: int = 12,
+            slots: int = 2) -> list[Measured]:  # fmt: skip
+    """The same dataset synced with 1 and then 2 target workers, each taking `slots` ranges at once
+    (`skyshift-worker --max-activities`): a worker with room for the whole window would take all of it."""
     data = home / "scaleout"
     make_dataset(data, objects, size)
     logs = home / "scaleout-logs"
     logs.mkdir(exist_ok=True)
     return [asyncio.run(run_once(f"file://{data}", bucket, n, latency_ms=latency_ms, link_mb_s=link_mb_s,
-                                 window=window, batch_objects=batch_objects, logs=logs)) for n in (1, 2)]  # fmt: skip
+                                 window=window, batch_objects=batch_objects, slots=slots, logs=logs))
+            for n in (1, 2)]  # fmt: skip

@@ -310,7 +310,8 @@ def run(home: Path, env: dict, args) -> int:
 
         one, two = compare(home, "bench-workers")
         lines.append("")
-        lines.append(f"1 vs 2 target workers, each behind its own proxy (+50 ms a request, a 12 MB/s link), "
+        lines.append(f"1 vs 2 target workers (2 ranges each at once, window 4), each behind its own proxy (+50 ms a "
+                     "request, a 12 MB/s link), "
                      f"{one.objects} x 1 MiB local → S3 through the workflow: 1 worker {one.seconds:.1f}s, 2 workers "
                      f"{two.seconds:.1f}s (speed-up {one.seconds / two.seconds:.2f}x); history events per run "
                      f"{max(one.history_events + two.history_events)} at most | {load()}")  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import random
 import subprocess
@@ -308,3 +309,36 @@ def test_a_preserved_object_is_never_recorded_as_created(tmp_path):
     record(target, "m/w", "0001", LedgerEntry(created=["a", "b"]))
     entry = LedgerEntry.model_validate_json(target.metadata.read_bytes(entry_key("m/w", "0001")))
     assert entry.created == ["b"] and [o.key for o in entry.overwritten] == ["a"]
+
+
+@pytest.mark.parametrize("edited", [[5, 200, 201, 399], [390], [0], [], list(range(0, 400, 7))])
+def test_a_part_plan_covers_the_object_with_parts_the_store_accepts(edited):
+    """Copied runs of reused chunks and streamed parts between them: contiguous, none below S3's 5 MiB
+    minimum but the last, copies taken from where the index says the chunks are."""
+    from activities.stores.base import part_size_for
+    from activities.transfer.chunking import Chunk, params_for_size
+    from activities.transfer.delta import ChunkIndex, Location, plan_parts
+    from activities.transfer.manifest import ObjectManifest
+
+    chunks = [Chunk(offset=i * 128 * KiB, length=128 * KiB, digest=f"{i:064x}") for i in range(400)]
+    size = 400 * 128 * KiB
+    manifest = ObjectManifest(key="ds/big.bin", size=size, etag="new", params=params_for_size(size), chunks=chunks,
+                              root="r")  # fmt: skip
+    index = ChunkIndex()
+    for i, chunk in enumerate(chunks):
+        if i not in edited:
+            index.where[chunk.digest] = Location("ds/big.bin", chunk.offset + 64 * KiB, "old-etag")
+    capabilities = S3Store.capabilities
+    plan = plan_parts(manifest, index, capabilities, part_size_for(size, capabilities))
+    assert plan[0].start == 0 and plan[-1].end == size
+    assert all(a.end == b.start for a, b in itertools.pairwise(plan))
+    assert all(p.end - p.start >= capabilities.min_part_bytes for p in plan[:-1])
+    for part in plan:
+        if part.copy is not None:
+            assert part.copy.etag == "old-etag" and part.copy.start == part.chunks[0].offset + 64 * KiB
+            assert part.copy.end - part.copy.start == part.end - part.start == sum(c.length for c in part.chunks)
+            assert not {chunks.index(c) for c in part.chunks} & set(edited)
+    copied = sum(p.end - p.start for p in plan if p.copy is not None)
+    assert copied >= size - (len(edited) + 1) * 16 * MiB or len(edited) > 40
+    no_copy = capabilities.model_copy(update={"part_copy": False})
+    assert all(p.copy is None for p in plan_parts(manifest, index, no_copy, part_size_for(size, no_copy)))

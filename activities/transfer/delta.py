@@ -233,7 +233,8 @@ def plan_parts(manifest: ObjectManifest, index: ChunkIndex, capabilities: Capabi
 def _streamed(start: int, end: int, part_size: int, minimum: int, last: bool = False) -> list[PlannedPart]:
     parts = [PlannedPart(s, min(end, s + part_size)) for s in range(start, end, part_size)]
     if len(parts) > 1 and parts[-1].end - parts[-1].start < minimum and not last:
-        parts[-2].end = parts.pop().end  # a short tail joins the part before it
+        tail = parts.pop()
+        parts[-1].end = tail.end  # a short tail joins the part before it
     return parts
 
 

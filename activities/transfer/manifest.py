@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from activities.stores import ObjectInfo, Store, StoreError
@@ -73,9 +74,13 @@ def compute_manifest(store: Store, info: ObjectInfo, progress: Callable[[int], N
         if len(data) != info.size:
             raise StoreError(f"{store.url}/{info.key}: read {len(data)} bytes, listed {info.size} (changed meanwhile?)")
         return small_manifest(info, data)
+    chunks: list[Chunk] | None = None
     if parallel.worth_it(info.size):
-        chunks, _ = parallel.chunk_object(store, info, params, progress, stop)
-    else:
+        try:
+            chunks, _ = parallel.chunk_object(store, info, params, progress, stop)
+        except BrokenProcessPool:
+            chunks = None  # a pool process died (memory, a signal): this object is chunked here instead
+    if chunks is None:
         chunks, reported = [], 0
         with store.open_read(info.key) as stream:
             for chunk, _ in chunk_stream(stream, params, with_data=False, size_hint=info.size):

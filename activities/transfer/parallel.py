@@ -17,6 +17,7 @@ stitch reads on from the store in this process until one is: slower, never diffe
 
 from __future__ import annotations
 
+import atexit
 import io
 import multiprocessing
 import os
@@ -53,7 +54,8 @@ def processes() -> int:
 
 
 def worth_it(size: int) -> bool:
-    return size >= PARALLEL_FROM and processes() > 1
+    # A daemonic process (a multiprocessing worker) may not start processes of its own.
+    return size >= PARALLEL_FROM and processes() > 1 and not multiprocessing.current_process().daemon
 
 
 @dataclass
@@ -121,6 +123,15 @@ def _executor(size: int) -> ProcessPoolExecutor:
             _pool = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"))
             _pool_size = size
         return _pool
+
+
+def shutdown() -> None:
+    """Stop the pool's processes (a process that owns the pool calls this before it exits: a
+    multiprocessing child joins its children before interpreter shutdown would stop them)."""
+    _reset()
+
+
+atexit.register(shutdown)
 
 
 def _reset() -> None:
