@@ -221,6 +221,26 @@ def small_lines(lines: Report, home: Path, env: dict, count: int, flat: bool) ->
         shutil.rmtree(path, ignore_errors=True)
 
 
+def plain_copy(s3_bucket: str, gcs_bucket: str) -> int:
+    """The floor for S3 → GCS on this stack: each object read with boto3 and written with the
+    google-cloud-storage client, 8 at a time, nothing else (no verification, no records)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from activities.stores import open_store
+
+    s3 = open_store(f"s3://{s3_bucket}").client  # the stores' own clients: the same endpoints and credentials
+    bucket = open_store(f"gs://{gcs_bucket}").bucket
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+            for o in page.get("Contents", [])]  # fmt: skip
+
+    def copy(key: str) -> None:
+        bucket.blob(key).upload_from_string(s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(copy, keys))
+    return len(keys)
+
+
 def small_s3_lines(lines: Report, home: Path, env: dict, count: int) -> None:
     from activities.stores import open_store
 
@@ -233,10 +253,13 @@ def small_s3_lines(lines: Report, home: Path, env: dict, count: int) -> None:
         f"{count:>9,} x 256 B local → S3: skyshift {run.seconds:6.1f}s {count / run.seconds:6,.0f}/s",
         f"rclone {theirs:6.1f}s {count / theirs:6,.0f}/s", f"skyshift/rclone time {run.seconds / theirs:.2f}x",
         load()]))  # fmt: skip
-    open_store("gs://bench-gcs-small").ensure_bucket()
-    gcs = engine(f"s3://bench-small-{count}", f"gs://bench-gcs-small/n{count}")
-    lines.append(f"{count:>9,} x 256 B S3 → GCS: skyshift {gcs.seconds:6.1f}s {count / gcs.seconds:6,.0f}/s (no peer: "
-                 f"rclone cannot reach the GCS emulator) | {load()}")  # fmt: skip
+    for bucket in (f"gs://bench-gcs-small-{count}", f"gs://bench-gcs-plain-{count}"):
+        open_store(bucket).ensure_bucket()
+    gcs = engine(f"s3://bench-small-{count}", f"gs://bench-gcs-small-{count}")
+    _, plain = timed(lambda: plain_copy(f"bench-small-{count}", f"bench-gcs-plain-{count}"))
+    lines.append(f"{count:>9,} x 256 B S3 → GCS: skyshift {gcs.seconds:6.1f}s {count / gcs.seconds:6,.0f}/s | plain "
+                 f"clients (boto3 get + google-cloud-storage upload, 8 threads; rclone cannot reach the emulator) "
+                 f"{plain:6.1f}s {count / plain:6,.0f}/s | skyshift/plain time {gcs.seconds / plain:.2f}x | {load()}")  # fmt: skip
     shutil.rmtree(source, ignore_errors=True)
 
 

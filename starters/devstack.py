@@ -164,7 +164,8 @@ def up() -> tuple[Stack, bool]:
         _spawn("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], s3_port),
         _spawn(
             "gcs",
-            [_bin("gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(gcs_port), "-M", "-q"],
+            [sys.executable, "-m", "starters.gcs_emulator", "start", "-H", "127.0.0.1", "--port", str(gcs_port), "-M",
+             "-q"],  # fmt: skip
             gcs_port,
         ),
     ]
