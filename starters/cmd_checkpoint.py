@@ -1,5 +1,6 @@
-"""`skyshift checkpoint inspect | compare | decrypt | keygen`: checkpoints read safely, compared tensor by tensor,
-opened from a sealed repository, and local key files for the embedded stack.
+"""`skyshift checkpoint inspect | compare | convert | decrypt | keygen`: checkpoints read safely, compared tensor by
+tensor, converted with every tensor verified, opened from a sealed repository, and local key files for the
+embedded stack.
 
 Runs in this process against the stores directly (no Temporal): inspection streams from file://, s3:// and
 gs:// with ranged reads; compare copies remote checkpoints to a temporary directory and memory-maps them.
@@ -118,6 +119,53 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.outcome == "different" else EXIT_OK
 
 
+CONVERSIONS = {"torch": "dcp_to_torch", "dcp": "torch_to_dcp", "safetensors": "torch_to_safetensors"}
+
+
+def _destination(url: str):
+    """(store, path) where a conversion writes: a local destination's store is its parent directory (the
+    destination does not exist yet, so it cannot be told apart as a file or a directory)."""
+    from activities.stores import StoreSpec
+
+    if "://" not in url or url.startswith("file://"):
+        path = Path(url.removeprefix("file://")).resolve()
+        return StoreSpec(url=f"file://{path.parent}"), path.name
+    return _location("DEST_URL", url)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert where this command runs (run it on the target's machine: data read in-region); every tensor
+    of the output is checked against the source's digests before anything is written, and an existing
+    destination is never overwritten."""
+    from activities.checkpoints.errors import CheckpointError
+    from activities.checkpoints.reshard import ConversionMismatch, ConvertInput, convert
+    from activities.stores import StoreError, open_store
+
+    spec, path = _location("URL", args.url)
+    destination, dest_path = _destination(args.dest_url)
+    if not dest_path:
+        raise UsageError(f"DEST_URL {args.dest_url!r}: name a file or directory inside the bucket or directory")
+    try:
+        target = open_store(destination)
+        if target.info(dest_path) is not None or next(iter(target.list(f"{dest_path}/")), None) is not None:
+            raise UsageError(f"DEST_URL {args.dest_url!r}: exists; choose a new path (nothing is ever overwritten)")
+        request = ConvertInput(store=spec, source_path=path, destination=destination, dest_path=dest_path,
+                               kind=CONVERSIONS[args.to])  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="skyshift-convert-") as scratch:
+            result = convert(request, Path(scratch))
+    except ConversionMismatch as error:
+        return _report_failure(args, f"not written: {error}")
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
+    except StoreError as error:
+        return _report_failure(args, str(error))
+    dropped = f"; not representable in {args.to}, left out: {', '.join(result.dropped)}" if result.dropped else ""
+    text = (f"{result.source_url} → {result.dest_url}: {result.tensors} tensors, {result.verified} verified against "
+            f"the source's digests, {result.bytes_written / 1e6:,.1f} MB written{dropped}")  # fmt: skip
+    emit(args, result.model_dump(mode="json"), text)
+    return EXIT_OK
+
+
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from activities.checkpoints.kms import KeyRef, KmsError
     from activities.checkpoints.sealed import OpenSealedInput, SealedError, TamperedError, open_repository
@@ -184,6 +232,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance (default 1e-8)")
     compare.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     compare.add_argument("--limit", type=int, default=20, help="tensors listed in the text output")
+
+    convert = commands.add_parser(
+        "convert", help="DCP → one torch file, torch → DCP or safetensors; every tensor verified before writing"
+    )
+    convert.set_defaults(handler=cmd_convert)
+    convert.add_argument("url", metavar="URL", help="a torch file or a DCP directory (file://, s3://, gs://)")
+    convert.add_argument("dest_url", metavar="DEST_URL", help="where the converted checkpoint goes (must not exist)")
+    convert.add_argument("--to", required=True, choices=sorted(CONVERSIONS),
+                         help="torch: DCP → one file (any world size); dcp: one torch file → DCP; safetensors: torch → "
+                              "safetensors (non-tensor entries are listed as left out)")  # fmt: skip
+    convert.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     decrypt = commands.add_parser(
         "decrypt", help="verify and decrypt a sealed checkpoint (keys from KMS or a key file)"

@@ -46,8 +46,11 @@ def demo_plan(ports: dict[str, int], key_url: str) -> dict[str, Any]:
         "name": "chat",
         "source_url": f"http://127.0.0.1:{ports['source']}",
         "target_url": f"http://127.0.0.1:{ports['target']}",
-        "shadow": {"requests": SHADOW_REQUESTS, "comparator": {"kind": "json", "ignore": ["served_by"]},
-                   "min_requests": 100},
+        "shadow": {
+            "requests": SHADOW_REQUESTS,
+            "comparator": {"kind": "json", "ignore": ["served_by"]},
+            "min_requests": 100,
+        },
     }
     return {
         "name": "demo-llm",

@@ -159,15 +159,12 @@ def up() -> tuple[Stack, bool]:
         temporal += ["--search-attribute", f"{name}={kind}"]
     if os.environ.get("SKYSHIFT_UI_CODEC_ENDPOINT"):  # `skyshift codec-server`: the UI shows decrypted payloads
         temporal += ["--ui-codec-endpoint", os.environ["SKYSHIFT_UI_CODEC_ENDPOINT"]]
+    gcs = [sys.executable, "-m", "starters.gcs_emulator"]  # the emulator with its limits lifted (see there)
+    gcs += ["start", "-H", "127.0.0.1", "--port", str(gcs_port), "-M", "-q"]
     services = [
         _spawn("temporal", temporal, temporal_port),
         _spawn("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], s3_port),
-        _spawn(
-            "gcs",
-            [sys.executable, "-m", "starters.gcs_emulator", "start", "-H", "127.0.0.1", "--port", str(gcs_port), "-M",
-             "-q"],  # fmt: skip
-            gcs_port,
-        ),
+        _spawn("gcs", gcs, gcs_port),
     ]
     env = {
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",

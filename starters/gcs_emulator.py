@@ -22,18 +22,27 @@ import sys
 from http import server
 
 
-def main() -> int:
-    server.HTTPServer.request_queue_size = 1024  # read by socketserver.TCPServer.server_activate (listen)
-    from gcp_storage_emulator.__main__ import main as emulator
+def lift_limits() -> None:
+    """Patch this process's emulator classes (before its server starts); idempotent."""
     from gcp_storage_emulator.storage import Storage
 
+    server.HTTPServer.request_queue_size = 1024  # read by socketserver.TCPServer.server_activate (listen)
     snapshot = Storage._write_config_to_file
+    if getattr(snapshot, "lifted", False):
+        return
 
     def write_config(self: Storage) -> None:
         if not self._use_memory_fs:
             snapshot(self)
 
+    write_config.lifted = True  # type: ignore[attr-defined]
     Storage._write_config_to_file = write_config
+
+
+def main() -> int:
+    from gcp_storage_emulator.__main__ import main as emulator
+
+    lift_limits()
     return emulator(sys.argv[1:]) or 0
 
 

@@ -65,6 +65,9 @@ def s3_endpoint() -> Iterator[str]:
 def gcs_endpoint() -> Iterator[str]:
     from gcp_storage_emulator.server import create_server
 
+    from starters.gcs_emulator import lift_limits
+
+    lift_limits()  # as the dev stack runs it: a listen backlog for the engine's concurrency, no O(n) snapshot per write
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()

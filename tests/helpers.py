@@ -49,8 +49,14 @@ def plan_data(tag: str, source_url: str, target_url: str, **overrides: Any) -> d
         # 99.5%: windows of ~30 requests on a shared 2-core CI machine; real regressions score p < 1e-10 here.
         "thresholds": {"min_samples": 20, "inconclusive_limit": 3, "confidence": 0.995},
         "cutover": {"monitor_interval": "1s", "stages": [{"percent": 20, "duration": "2s"}, {"percent": 100}]},
-        "bench": {"trials": 1, "matrix_size": 128, "device": "cpu", "seconds_per_test": 0.05,
-                  "sustained_seconds": 0.2, "allreduce_processes": 0},
+        "bench": {
+            "trials": 1,
+            "matrix_size": 128,
+            "device": "cpu",
+            "seconds_per_test": 0.05,
+            "sustained_seconds": 0.2,
+            "allreduce_processes": 0,
+        },
         "parallel_run": {"steps": 8, "batch_size": 16, "sample_bytes": 65536},
         "egress_budget_usd": 100,
         "soak_period": "1s",

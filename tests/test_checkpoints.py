@@ -388,3 +388,34 @@ def test_a_large_checkpoint_is_judged_by_its_digest_root_beyond_the_listed_tenso
     )
     digests = {c.metric: c for c in report.verdict.checks}["digests"]
     assert digests.outcome == "fail" and "digest roots differ" in digests.detail
+
+
+def test_convert_command_verifies_every_tensor_and_never_overwrites(dcp_dir, tmp_path, capsys, s3_bucket):
+    """`skyshift checkpoint convert`: DCP (2 ranks) → one torch file → safetensors in S3, each output's tensors equal
+    to the source's digests; a destination that exists is refused with exit 2 and left as it was."""
+    work = tmp_path / "ckpt"
+    shutil.copytree(dcp_dir, work / "step-42")
+    source = inspect_path(open_store(work.as_uri()), "step-42")
+
+    code, out, err = cli(["checkpoint", "convert", str(work / "step-42"), str(work / "single.pt"), "--to", "torch",
+                          "--json"], capsys)  # fmt: skip
+    assert code == 0, err
+    single = json.loads(out)
+    assert single["verified"] == single["tensors"] == source.tensors_total
+    assert inspect_path(open_store(work.as_uri()), "single.pt").digest_root == source.digest_root
+
+    code, out, err = cli(["checkpoint", "convert", f"file://{work}/single.pt", f"s3://{s3_bucket}/hf/model.safetensors",
+                          "--to", "safetensors", "--json"], capsys)  # fmt: skip
+    assert code == 0, err
+    converted = inspect_path(open_store(f"s3://{s3_bucket}"), "hf/model.safetensors")
+    assert converted.format == "safetensors" and converted.digests() == source.digests()
+    assert "step" in json.loads(out)["dropped"]  # a non-tensor value safetensors cannot hold, named
+
+    before = (work / "single.pt").read_bytes()
+    code, _, err = cli(["checkpoint", "convert", str(work / "step-42"), str(work / "single.pt"), "--to", "torch"],
+                       capsys)  # fmt: skip
+    assert code == 2 and "single.pt" in err and "exists" in err
+    assert (work / "single.pt").read_bytes() == before
+    code, _, err = cli(["checkpoint", "convert", str(work / "single.pt"), str(work / "again.pt"), "--to", "torch"],
+                       capsys)  # fmt: skip
+    assert code == 2 and "needs a DCP checkpoint" in err and not (work / "again.pt").exists()

@@ -32,6 +32,7 @@ class ConvertInput(BaseModel):
     store: StoreSpec = Field(description="The target's storage, holding the synced checkpoint")
     source_path: str
     dest_path: str = Field(description="A file key (dcp_to_torch, torch_to_safetensors) or a directory (torch_to_dcp)")
+    destination: StoreSpec | None = Field(None, description="Where dest_path is; None: the same store as the source")
     kind: Conversion
     source: CheckpointInspection | None = Field(
         None, description="The source worker's inspection to verify against; None: this copy's own digests"
@@ -121,8 +122,9 @@ def convert(request: ConvertInput, scratch: Path) -> ConvertResult:
     dropped = before.values if request.kind == "torch_to_safetensors" else []
     after = inspect_path(*_local(output), limit=None, progress=beat)
     verified = verify(after, request.source or before, label)
-    written = _upload(store, output, request.dest_path)
-    return ConvertResult(kind=request.kind, source_url=label, dest_url=f"{store.url.rstrip('/')}/{request.dest_path}",
+    target = open_store(request.destination) if request.destination else store
+    written = _upload(target, output, request.dest_path)
+    return ConvertResult(kind=request.kind, source_url=label, dest_url=f"{target.url.rstrip('/')}/{request.dest_path}",
                          tensors=after.tensors_total, verified=verified, digest_root=after.digest_root,
                          dropped=dropped, bytes_written=written)  # fmt: skip
 

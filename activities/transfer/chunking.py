@@ -75,12 +75,20 @@ def digest(data: bytes | memoryview) -> str:
 
 
 def chunk_stream(
-    stream: BinaryIO, params: ChunkParams, window: int = 64 * MiB, with_data: bool = True, size_hint: int | None = None
+    stream: BinaryIO,
+    params: ChunkParams,
+    window: int = 64 * MiB,
+    with_data: bool = True,
+    size_hint: int | None = None,
+    scratch: bytearray | None = None,
 ) -> Iterator[tuple[Chunk, bytes | None]]:
     """Yield (chunk, its bytes or None) for a stream, holding at most about `window` bytes.
 
     Hashing reads the buffer in place; bytes are copied out only when the caller wants them. With
     `size_hint` a small object gets a small buffer (a million tiny objects must not cost 64 MiB each).
+    `scratch`: a buffer of at least `window` bytes to use instead of a new one, for a caller that
+    chunks many pieces one after another (a fresh 64 MiB buffer costs its page faults every time: a
+    64 MiB segment chunked at half the speed of a whole object, measured).
     """
     window = max(window, 4 * params.max_size)
     if size_hint is not None and size_hint + 1 < window:
@@ -88,10 +96,10 @@ def chunk_stream(
         # object made fingerprinting such objects 10x slower). At least two of the largest chunks, so a
         # stream longer than its hint still advances.
         window = max(size_hint + 1, 2 * params.max_size)
-    buffer = bytearray(window)
+    buffer = scratch if scratch is not None and len(scratch) >= window else bytearray(window)
     filled, base, eof = 0, 0, False  # buffer[:filled] holds stream bytes from offset `base`
     while True:
-        with memoryview(buffer) as view:
+        with memoryview(buffer) as whole, whole[:window] as view:
             while not eof and filled < window:
                 n = stream.readinto(view[filled:]) if hasattr(stream, "readinto") else _read_into(stream, view[filled:])
                 eof = not n

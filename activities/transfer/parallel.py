@@ -70,6 +70,8 @@ class Segment:
 # -- in the worker processes ------------------------------------------------------------------------
 
 _stores: dict[str, Store] = {}
+#: One chunking buffer per pool process, reused by every segment it chunks (a process runs one at a time).
+_scratch = bytearray()
 
 
 class _Head(io.RawIOBase):
@@ -95,11 +97,16 @@ def chunk_segment(spec_json: str, key: str, start: int, stop: int, end: int, siz
     store = _stores.get(spec_json)
     if store is None:
         store = _stores[spec_json] = open_store(StoreSpec.model_validate_json(spec_json))
+    global _scratch
     params = ChunkParams(min_size=sizes[0], avg_size=sizes[1], max_size=sizes[2])
     found: list[tuple[int, int, bytes]] = []
+    window = max(64 * MiB, 4 * params.max_size)
+    if len(_scratch) < window:
+        _scratch = bytearray(window)
     with store.open_read(key, start, end) as stream:
         tee = _Head(stream, head)
-        for chunk, _ in chunk_stream(io.BufferedReader(tee, 8 * MiB), params, with_data=False):
+        for chunk, _ in chunk_stream(io.BufferedReader(tee, 8 * MiB), params, window, with_data=False,
+                                     scratch=_scratch):  # fmt: skip
             if start + chunk.offset >= stop:
                 break
             found.append((start + chunk.offset, chunk.length, bytes.fromhex(chunk.digest)))
