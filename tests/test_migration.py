@@ -77,6 +77,7 @@ async def test_forced_rollback_during_cutover_compensates_in_reverse(client, s3_
     seed(src)
     existing = "datasets/corpus/already-there.bin"
     open_store(dst).put_bytes(existing, b"the target had this before the migration")
+    source_before = {o.key: o.etag for o in open_store(src).list()}
     plan = make_plan(suffix(), src, dst, workloads={**DATA, **serving.plan_workloads()},
                      cutover={"stages": [{"percent": 30, "duration": "1h"}, {"percent": 100}]})  # fmt: skip
     load = LoadGenerator(serving.url("router"), rate=100, max_seconds=120).start()
@@ -100,6 +101,7 @@ async def test_forced_rollback_during_cutover_compensates_in_reverse(client, s3_
     ], "compensations must run newest first"
     assert router_weights(serving) == Weights(source=100, target=0) and final.traffic_percent == 0
     assert user_keys(dst) == {existing}, "only what the migration created may be deleted"
+    assert {o.key: o.etag for o in open_store(src).list()} == source_before, "a migration never writes to its source"
     assert load.failures == 0
 
 

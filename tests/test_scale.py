@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import multiprocessing
 import os
 import random
 import subprocess
@@ -342,3 +343,23 @@ def test_a_part_plan_covers_the_object_with_parts_the_store_accepts(edited):
     assert copied >= size - (len(edited) + 1) * 16 * MiB or len(edited) > 40
     no_copy = capabilities.model_copy(update={"part_copy": False})
     assert all(p.copy is None for p in plan_parts(manifest, index, no_copy, part_size_for(size, no_copy)))
+
+
+def _child_that_fingerprints_then_exits() -> None:
+    from activities.transfer import parallel
+
+    pool = parallel._executor(2)
+    assert pool.submit(len, b"abc").result() == 3  # the pool's processes are running
+    parallel.shutdown()
+
+
+def test_a_worker_process_that_used_the_fingerprint_pool_exits():
+    """A multiprocessing child joins its own children as it exits: the pool must be stopped and waited for,
+    or the child waits forever for idle pool processes (a bench worker was seen 15 minutes after its last task)."""
+    child = multiprocessing.get_context("spawn").Process(target=_child_that_fingerprints_then_exits)
+    child.start()
+    child.join(timeout=120)  # a guard against hanging the suite, not a measurement
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0

@@ -133,9 +133,15 @@ def _executor(size: int) -> ProcessPoolExecutor:
 
 
 def shutdown() -> None:
-    """Stop the pool's processes (a process that owns the pool calls this before it exits: a
-    multiprocessing child joins its children before interpreter shutdown would stop them)."""
-    _reset()
+    """Stop the pool's processes and wait for them (a process that owns the pool calls this before it
+    exits). Waiting matters: a multiprocessing child joins its children before interpreter shutdown
+    would tell the pool's processes to stop, so without it the child waits forever (seen: a bench
+    worker process still waiting for its idle pool 15 minutes after its last task)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 atexit.register(shutdown)
