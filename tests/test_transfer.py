@@ -177,3 +177,23 @@ def test_nothing_is_written_to_the_source_and_the_target_holds_exactly_its_keys(
     sync(source, target, ledger_key="m2/all")
     assert listing(source) == before, "the source is read-only to a migration"
     assert set(listing(target)) == set(written) | {"datasets/corpus/large.bin"}, "no metadata inside the target"
+
+
+@pytest.mark.parametrize("kind", ["local", "gcs"])
+def test_a_target_object_the_worker_remembers_but_that_is_gone_is_fetched_from_the_source(kind, tmp_path, gcs_bucket):
+    """The target worker's cache knows a sibling's chunks; the sibling was deleted behind its back (by a user, or
+    a store that was reset): the new object's shared runs come from the source instead, nothing fails.
+    Found by `make demo` on a restarted stack: 404 on the sibling, the migration failed in its poc."""
+    source, target = f"file://{tmp_path}/src", {"local": f"file://{tmp_path}/dst", "gcs": f"gs://{gcs_bucket}/ml"}[kind]
+    base = os.urandom(3 * MiB)
+    open_store(source).put_bytes("d/base.bin", base)
+    sync(source, target)
+    open_store(target).remove("d/base.bin")
+    open_store(source).remove("d/base.bin")
+    edited = base[: MiB] + b"fine-tuned" + base[MiB:]
+    open_store(source).put_bytes("d/next.bin", edited)
+
+    totals, _ = sync(source, target)
+
+    assert open_store(target).read_bytes("d/next.bin") == edited
+    assert totals.objects_verified == 1 and totals.bytes_transferred >= len(edited)

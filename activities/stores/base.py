@@ -27,6 +27,10 @@ class StoreError(RuntimeError):
         self.permanent = permanent
 
 
+class MissingObjectError(StoreError):
+    """The object is not there (never written, or deleted since it was listed or remembered)."""
+
+
 class InvalidKeyError(StoreError, ValueError):
     """A key that would escape the store's root or is otherwise unusable."""
 

@@ -18,6 +18,7 @@ from google.cloud import storage
 from activities.stores.base import (
     BucketStore,
     Capabilities,
+    MissingObjectError,
     ObjectInfo,
     PartInfo,
     PartWriter,
@@ -112,7 +113,7 @@ class GCSStore(BucketStore):
         try:
             blob.reload()  # size and generation: every window reads this version, never a newer one
         except gexc.NotFound as error:
-            raise StoreError(f"{self.url}: no object {key!r}") from error
+            raise MissingObjectError(f"{self.url}: no object {key!r}") from error
         stop = min(end, blob.size or 0) if end is not None else blob.size or 0
         generation = blob.generation
 

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from activities.stores.base import (
     Capabilities,
     InvalidKeyError,
+    MissingObjectError,
     ObjectInfo,
     PartInfo,
     PartWriter,
@@ -139,7 +140,7 @@ class LocalStore(Store):
     def open_read(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         path = self._file(key)
         if not os.path.isfile(path):
-            raise StoreError(f"{self.url}: no object {key!r}")
+            raise MissingObjectError(f"{self.url}: no object {key!r}")
         # A buffer no larger than what will be read: a million tiny reads must not each cost 1 MiB.
         wanted = (end if end is not None else os.path.getsize(path)) - start
         buffer = min(1 << 20, max(8 << 10, wanted))
@@ -152,7 +153,7 @@ class LocalStore(Store):
                     file.seek(start)
                 return file.read() if end is None else _read_exactly(file, max(0, end - start))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
-            raise StoreError(f"{self.url}: no object {key!r}") from error
+            raise MissingObjectError(f"{self.url}: no object {key!r}") from error
 
     # -- writing ----------------------------------------------------------------------------------
 

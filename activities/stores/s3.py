@@ -19,6 +19,7 @@ from activities.aws import aws_client
 from activities.stores.base import (
     BucketStore,
     Capabilities,
+    MissingObjectError,
     ObjectInfo,
     PartInfo,
     PartWriter,
@@ -108,7 +109,7 @@ class S3Store(BucketStore):
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404"):
-                raise StoreError(f"{self.url}: no object {key!r}") from error
+                raise MissingObjectError(f"{self.url}: no object {key!r}") from error
             if code == "InvalidRange" and start == 0:
                 return {"Body": io.BytesIO(b""), "ContentLength": 0, "ETag": etag or ""}  # an empty object
             raise _failure(self.url, f"read {key!r}", error) from error

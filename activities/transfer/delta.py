@@ -33,7 +33,7 @@ import blake3
 from pydantic import BaseModel, Field
 
 from activities.stores import ObjectInfo, PartInfo, Store
-from activities.stores.base import Capabilities, part_size_for
+from activities.stores.base import Capabilities, MissingObjectError, part_size_for
 from activities.transfer.chunking import SMALL_OBJECT, Chunk, digest
 from activities.transfer.manifest import ObjectManifest, fingerprint_many
 from activities.transfer.uploads import abort_upload, close_upload, open_upload
@@ -329,7 +329,21 @@ class Rebuild:
         for run in plan_runs(chunks, self.index):
             remote = run.local_key is None
             store, key = (self.source, self.manifest.key) if remote else (self.target, run.local_key)
-            with store.open_read(key, run.start, run.end) as stream:
+            try:
+                opened = store.open_read(key, run.start, run.end)
+            except MissingObjectError:
+                if remote:
+                    raise
+                # The index remembered a target object that is gone (deleted by someone, or a store that was
+                # reset under a worker whose cache outlived it): these chunks come from the source.
+                for chunk in run.chunks:
+                    self._check_stop()
+                    data = self._fetch_remote(chunk)
+                    if check is not None:
+                        check.add(chunk.digest, len(data))
+                    yield data
+                continue
+            with opened as stream:
                 for chunk in run.chunks:
                     self._check_stop()
                     data = _read_exact(stream, chunk.length)
