@@ -182,6 +182,9 @@ async def test_a_worker_killed_mid_object_resumes_and_resends_under_10_percent(
     assert parts_before_kill >= 3
     assert 0 <= resent < size * 0.10, f"re-sent {resent / MiB:.1f} MiB of {size / MiB:.0f} MiB after the kill"
     assert list(open_store(target).metadata.list("uploads")) == [], "the resumed upload leaves nothing behind"
+    totals = result.totals  # what crossed, whichever attempt sent it: all of it, and little twice
+    assert size <= totals.bytes_transferred < size * 1.10, totals
+    assert totals.chunks_total <= totals.chunks_transferred < totals.chunks_total * 1.10, totals
 
 
 async def _wait_for_parts(handle: WorkflowHandle, at_least: int, timeout: float = 300) -> int:

@@ -301,6 +301,7 @@ class Rebuild:
         self.totals = Totals()
         self.lock = threading.Lock()
         self.resumed_bytes = 0  # parts an earlier attempt uploaded, found through the upload record
+        self.resumed_chunks = 0  # the chunks those parts hold
         self.where = f"{source.url}/{manifest.key} → {target.url}"
 
     def _check_stop(self) -> None:
@@ -383,6 +384,7 @@ class Rebuild:
         # The resumed prefix was verified chunk by chunk when it was written; the root check goes on from there.
         check = RootCheck()
         resumed = [c for c in manifest.chunks if c.offset + c.length <= done]
+        self.resumed_chunks = len(resumed)
         for chunk in resumed:
             check.add(chunk.digest, chunk.length)
         pending: deque[Future[PartInfo]] = deque()

@@ -453,7 +453,10 @@ class _Apply:
             rebuild = Rebuild(self.source, self.target, manifest, index, report, self.stop)
             info = rebuild.run()
             # Parts the provider held that no heartbeat reported were still sent by an earlier attempt.
-            rebuild.totals.bytes_transferred += max(0, rebuild.resumed_bytes - self.reported_parts.get(manifest.key, 0))
+            unreported = max(0, rebuild.resumed_bytes - self.reported_parts.get(manifest.key, 0))
+            rebuild.totals.bytes_transferred += unreported
+            if unreported:  # and their chunks, in proportion (a resumed object showed 268 MB sent, "0 chunks sent")
+                rebuild.totals.chunks_transferred += round(rebuild.resumed_chunks * unreported / rebuild.resumed_bytes)
             with self.lock:
                 index.add(replace(manifest, etag=info.etag))  # later objects may reuse its chunks
             self._committed(manifest, info, rebuild.totals)
