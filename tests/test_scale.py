@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -157,6 +158,39 @@ def test_a_flat_directory_is_read_once_for_all_its_ranges(tmp_path, monkeypatch)
     assert listings.scans[f"{tmp_path}/src/flat"] == 1, "the source directory is read once, not once per range"
     assert listings.scans[f"{tmp_path}/dst/flat"] <= 3, "the target's listing follows this process's own writes"
     assert [o.key for o in open_store(target).list()] == keys
+
+
+def test_a_write_during_a_scan_waits_for_it_so_the_listing_is_kept(tmp_path, monkeypatch):
+    """A target directory filled by several ranges at once: this process's writes that land while one of its
+    threads reads the directory used to make that scan useless (thrown away), so every range read the
+    whole directory again — 450 objects/s at 580,000 files. The write now waits for the scan, then
+    updates the listing it produced."""
+    from activities.stores import dircache
+
+    monkeypatch.setattr(listings, "min_entries", 8)
+    store = open_store(f"file://{tmp_path}")
+    for i in range(20):
+        store.put_bytes(f"d/{i:03d}", b"x")
+    age(f"{tmp_path}/d")
+    directory = f"{tmp_path}/d"
+    listings.forget(directory)
+    written = threading.Event()
+    real_scan = dircache.scan
+
+    def scan_while_another_thread_writes(path: str) -> list[str]:
+        names = real_scan(path)
+        time.sleep(0.02)  # the write's timestamp falls in a later clock tick than the scan's start
+        threading.Thread(target=lambda: (store.put_bytes("d/new", b"y"), written.set())).start()
+        written.wait(0.5)  # done at once when nothing makes the write wait; half a second when it waits
+        return names
+
+    monkeypatch.setattr(dircache, "scan", scan_while_another_thread_writes)
+    listings.scans.clear()
+    assert len(list(store.list("d"))) in (20, 21)
+    assert written.wait(30)
+    monkeypatch.setattr(dircache, "scan", real_scan)
+    assert [o.key for o in store.list("d")][-1] == "d/new"
+    assert listings.scans[directory] == 1, "the listing taken during the write is kept and follows it"
 
 
 def test_a_file_another_process_adds_to_a_large_directory_is_listed(tmp_path, monkeypatch):

@@ -130,11 +130,23 @@ class DirectoryListings:
     def own_change(self, directory: str, operation: Callable[[], T], added: str | None = None,
                    removed: str | None = None) -> T:  # fmt: skip
         """Run `operation` (a create, rename or delete in `directory` by this process) and keep the
-        directory's listing current: `added`/`removed` are the sort keys it adds or removes."""
+        directory's listing current: `added`/`removed` are the sort keys it adds or removes.
+
+        While another thread of this process reads the directory for a listing, the change waits for it:
+        a scan that sees the directory change under it is thrown away, and a target directory being filled
+        by several ranges at once then never kept a listing (each range read all of it again: 450 objects/s
+        at 580,000 files, from 3,000/s)."""
         with self._lock:
             listing = self._entries.get(directory)
+            guard = self._scanning.get(directory)
         if listing is None:
-            return operation()
+            if guard is None:
+                return operation()
+            with guard:  # held by a scan in progress: this change comes after it, and updates its listing
+                with self._lock:
+                    listing = self._entries.get(directory)
+                if listing is None:
+                    return operation()
         with listing.lock:
             before, done = _signature(directory), False
             try:
