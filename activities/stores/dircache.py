@@ -71,6 +71,7 @@ class DirectoryListings:
         self._entries: OrderedDict[str, _Listing] = OrderedDict()
         self._lock = threading.Lock()
         self._scanning: dict[str, threading.Lock] = {}
+        self._written: set[str] = set()  # directories this process writes to (see `_listing`)
         self.scans: Counter[str] = Counter()  # full reads of each directory, for tests and benchmarks
 
     def names_after(self, directory: str, after: str | None) -> Iterator[str]:
@@ -115,7 +116,11 @@ class DirectoryListings:
                 with self._lock:
                     self._entries.pop(directory, None)
                 return None
-            listing = _Listing(after, SortedList(names), racy=after[1] >= started - RACY_NS)
+            # Racy: the directory changed within a clock tick or so of the scan. Trusted anyway where this process
+            # is the writer (a target being filled), as the module says; otherwise scans back to back while
+            # the writes go on would each be distrusted and the listing read again and again.
+            racy = after[1] >= started - RACY_NS and directory not in self._written
+            listing = _Listing(after, SortedList(names), racy=racy)
             with self._lock:
                 self._entries[directory] = listing
                 self._evict()
@@ -139,6 +144,9 @@ class DirectoryListings:
         with self._lock:
             listing = self._entries.get(directory)
             guard = self._scanning.get(directory)
+            if len(self._written) > 1_000_000:  # bounded: forgetting only costs a directory one more scan
+                self._written.clear()
+            self._written.add(directory)
         if listing is None:
             if guard is None:
                 return operation()
