@@ -193,6 +193,19 @@ def test_a_write_during_a_scan_waits_for_it_so_the_listing_is_kept(tmp_path, mon
     assert listings.scans[directory] == 1, "the listing taken during the write is kept and follows it"
 
 
+def test_a_directory_this_process_is_filling_is_read_once_while_it_changes(tmp_path, monkeypatch):
+    """Scanned within a clock tick of a change, a listing is not trusted — unless this process is the writer:
+    ranges listing a target directory between its own writes each re-read it otherwise."""
+    monkeypatch.setattr(listings, "min_entries", 8)
+    store = open_store(f"file://{tmp_path}")
+    for i in range(20):
+        store.put_bytes(f"d/{i:03d}", b"x")  # just now: any scan of d is within the racy window
+    listings.forget(f"{tmp_path}/d")
+    listings.scans.clear()
+    assert len(list(store.list("d"))) == len(list(store.list("d", start_after="d/005"))) + 6 == 20
+    assert listings.scans[f"{tmp_path}/d"] == 1
+
+
 def test_a_file_another_process_adds_to_a_large_directory_is_listed(tmp_path, monkeypatch):
     monkeypatch.setattr(listings, "min_entries", 8)
     store = open_store(f"file://{tmp_path}")
