@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 from temporalio.testing import ActivityEnvironment
@@ -25,16 +24,12 @@ from activities.stores.s3 import S3Store
 from activities.transfer import manifest as manifest_module
 from activities.transfer import parallel, pool
 from activities.transfer.chunking import ChunkParams, chunk_stream
-from activities.transfer.delta import Totals
 from activities.transfer.ledger import LedgerEntry, Overwritten, entry_key, record
 from activities.transfer.sync import (
-    AppliedBatch,
     ApplyBatchInput,
     BatchInput,
-    FinishInput,
     apply_batch,
     fingerprint_batch,
-    finish_sync,
 )
 from bench.faultproxy import FaultProxy
 from tests.engine import sync_batches, sync_specs
@@ -42,48 +37,6 @@ from tests.engine import sync_batches, sync_specs
 pytestmark = pytest.mark.stack
 KiB, MiB = 1 << 10, 1 << 20
 TINY = ChunkParams(min_size=2 * KiB, avg_size=8 * KiB, max_size=32 * KiB)
-
-
-def run_sync(src: StoreSpec, dst: StoreSpec, *, inline_bytes: int = 0, batch: int = 100,
-             heartbeats: list | None = None) -> tuple[Totals, int, list[AppliedBatch]]:  # fmt: skip
-    """The workflow's calls in order, one range at a time, with `inline_bytes` (tests/engine.py has none)."""
-    env, after, totals, read, batches = ActivityEnvironment(), None, Totals(), 0, []
-    if heartbeats is not None:
-        env.on_heartbeat = lambda *details: heartbeats.append(details[-1])
-    sync_id = f"scale-{uuid.uuid4().hex[:8]}"
-    while True:
-        scanned = env.run(
-            fingerprint_batch,
-            BatchInput(
-                source=src,
-                target=dst,
-                sync=sync_id,
-                batch=len(batches),
-                after=after,
-                max_objects=batch,
-                inline_bytes=inline_bytes,
-            ),
-        )
-        applied = env.run(
-            apply_batch,
-            ApplyBatchInput(
-                source=src,
-                target=dst,
-                sync=sync_id,
-                batch=len(batches),
-                staging_key=scanned.staging_key,
-                after=after,
-                through=None if scanned.done else scanned.last_key,
-            ),
-        )
-        batches.append(applied)
-        totals = totals.add(applied.totals).add(Totals(metadata_bytes=scanned.metadata_bytes))
-        read += scanned.bytes_read
-        after = scanned.last_key or after
-        if scanned.done:
-            break
-    env.run(finish_sync, FinishInput(target=dst, sync=sync_id, batches=len(batches)))
-    return totals, read, batches  # fmt: skip
 
 
 def age(directory: str) -> None:
@@ -298,7 +251,7 @@ def test_small_objects_handed_over_with_their_range_are_read_from_the_source_onc
         try:
             source = StoreSpec(url=f"s3://{s3_bucket}/small", endpoint=proxy.url)
             monkeypatch.setenv("SKYSHIFT_CACHE_DIR", str(tmp_path / f"cache-{inline}"))  # a fresh source worker
-            totals, read, _ = run_sync(source, StoreSpec(url=f"file://{tmp_path}/dst-{inline}"), inline_bytes=inline,
+            totals, read, _ = sync_specs(source, StoreSpec(url=f"file://{tmp_path}/dst-{inline}"), inline_bytes=inline,
                                        batch=25)  # fmt: skip
         finally:
             proxy.close()
@@ -339,7 +292,7 @@ def test_listing_and_hashing_heartbeat_as_they_go(tmp_path, monkeypatch):
     size = 80 * MiB  # more than one 64 MiB window
     source.put_bytes("b/large.bin", os.urandom(size))
     beats: list[dict] = []
-    run_sync(source.spec, StoreSpec(url=f"file://{tmp_path}/dst"), batch=3000, heartbeats=beats)
+    sync_specs(source.spec, StoreSpec(url=f"file://{tmp_path}/dst"), batch=3000, heartbeats=beats)
     listed = [b["listed"] for b in beats if "listed" in b and b["bytes_hashed"] == 0]
     hashed = {b["bytes_hashed"] for b in beats if "bytes_hashed" in b}
     assert any(0 < n < 2001 for n in listed), "the listing heartbeats before it ends"

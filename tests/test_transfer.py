@@ -190,7 +190,7 @@ def test_a_target_object_the_worker_remembers_but_that_is_gone_is_fetched_from_t
     sync(source, target)
     open_store(target).remove("d/base.bin")
     open_store(source).remove("d/base.bin")
-    edited = base[: MiB] + b"fine-tuned" + base[MiB:]
+    edited = base[:MiB] + b"fine-tuned" + base[MiB:]
     open_store(source).put_bytes("d/next.bin", edited)
 
     totals, _ = sync(source, target)

@@ -5,14 +5,30 @@ from __future__ import annotations
 import abc
 import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMES = ("s3://", "gs://", "file://")
+
+
+T = TypeVar("T")
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
+def shared_client(key: tuple, build: Callable[[], T]) -> T:
+    """One provider client per `key` (service, endpoint, credential) in the process, built on first use:
+    clients are thread-safe, building one costs ~0.1-1 s, and a sync opens its stores in every activity."""
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = build()
+    return client  # type: ignore[return-value]
 
 
 class StoreError(RuntimeError):

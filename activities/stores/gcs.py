@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,14 +25,11 @@ from activities.stores.base import (
     StoreSpec,
     directory_prefix,
     join_key,
+    shared_client,
 )
 from activities.stores.resilient import resuming
 
 _MiB = 1 << 20
-
-
-_clients: dict[tuple[str | None, str | None, str | None], storage.Client] = {}
-_clients_lock = threading.Lock()
 
 
 class GCSStore(BucketStore):
@@ -51,17 +47,15 @@ class GCSStore(BucketStore):
 
     @staticmethod
     def _client(spec: StoreSpec) -> storage.Client:
-        """One client per endpoint and credential in the process: a sync opens its stores in every activity."""
-        key = (spec.endpoint, os.environ.get("STORAGE_EMULATOR_HOST"), spec.credentials)
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                client = _clients[key] = GCSStore._new_client(spec)
-                # Connections for every request in flight (requests keeps 10 per host by default).
-                adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=128)
-                client._http.mount("https://", adapter)
-                client._http.mount("http://", adapter)
-        return client
+        def build() -> storage.Client:
+            client = GCSStore._new_client(spec)
+            # Connections for every request in flight (requests keeps 10 per host by default).
+            adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=128)
+            client._http.mount("https://", adapter)
+            client._http.mount("http://", adapter)
+            return client
+
+        return shared_client(("gcs", spec.endpoint, os.environ.get("STORAGE_EMULATOR_HOST"), spec.credentials), build)
 
     @staticmethod
     def _new_client(spec: StoreSpec) -> storage.Client:

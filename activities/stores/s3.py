@@ -6,7 +6,6 @@ import base64
 import hashlib
 import io
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +25,7 @@ from activities.stores.base import (
     StoreError,
     StoreSpec,
     directory_prefix,
+    shared_client,
 )
 from activities.stores.resilient import resuming
 
@@ -40,10 +40,6 @@ def _failure(url: str, action: str, error: ClientError) -> StoreError:
     code = error.response.get("Error", {}).get("Code", "")
     hint = " (create the bucket or fix the URL)" if code == "NoSuchBucket" else ""
     return StoreError(f"{url}: cannot {action}: {code or error}{hint}", permanent=code in _PERMANENT)
-
-
-_clients: dict[tuple[str | None, str | None], object] = {}
-_clients_lock = threading.Lock()
 
 
 class S3Store(BucketStore):
@@ -68,16 +64,10 @@ class S3Store(BucketStore):
 
     @staticmethod
     def _client(spec: StoreSpec):
-        """One client per endpoint and credential in the process (boto3 clients are thread-safe): building
-        one loads service models for ~0.1-1 s, and a sync opens its stores in every activity."""
         endpoint = spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3")
-        with _clients_lock:
-            client = _clients.get((endpoint, spec.credentials))
-            if client is None:
-                # Connections for every request in flight: activities at once x parallel_requests each.
-                client = aws_client("s3", endpoint, spec.credentials, max_pool=128)
-                _clients[(endpoint, spec.credentials)] = client
-        return client
+        # Connections for every request in flight: activities at once x parallel_requests each.
+        return shared_client(("s3", endpoint, spec.credentials),
+                             lambda: aws_client("s3", endpoint, spec.credentials, max_pool=128))  # fmt: skip
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         full = directory_prefix(self.prefix, prefix)

@@ -137,22 +137,19 @@ def shutdown() -> None:
     exits). Waiting matters: a multiprocessing child joins its children before interpreter shutdown
     would tell the pool's processes to stop, so without it the child waits forever (seen: a bench
     worker process still waiting for its idle pool 15 minutes after its last task)."""
-    global _pool
-    with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+    _reset(wait=True)
 
 
 atexit.register(shutdown)
 
 
-def _reset() -> None:
+def _reset(wait: bool = False) -> None:
+    """Drop the pool (a broken one is replaced on next use); `wait`: until its processes have exited."""
     global _pool
     with _pool_lock:
-        if _pool is not None:
-            _pool.shutdown(wait=False, cancel_futures=True)
-        _pool = None
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def chunk_object(store: Store, info: ObjectInfo, params: ChunkParams, progress: Callable[[int], None] | None = None,
