@@ -35,6 +35,21 @@ def isolated_state(tmp_path_factory) -> Iterator[Path]:
     devstack.down()  # anything a command started on demand under this home
 
 
+@pytest.fixture(params=["on", "off"], ids=["bf16-on", "bf16-off"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """Both branches of every CPU-bf16 decision on any CPU: native bf16 forced on, then forced off.
+
+    The suite must pass on CPUs with and without `avx512_bf16`; forcing the switch (which the code
+    honours, see activities.bench.fingerprint) covers both wherever the tests run. Expectations read
+    the capability back through `cpu_supports`, never from the machine a test was written on.
+    """
+    from activities.bench.fingerprint import FORCE_VARIABLE, cpu_supports
+
+    monkeypatch.setenv(FORCE_VARIABLE.format("BF16"), request.param)
+    assert cpu_supports("bf16") == (request.param == "on")
+    return request.param == "on"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

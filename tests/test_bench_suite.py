@@ -134,7 +134,7 @@ def test_result_survives_workflow_history_and_old_histories_still_decode(cpu_res
     assert legacy.suite is None and legacy.fingerprint is None and legacy.median_train_samples_per_s == 900.0
 
 
-def test_activity_heartbeats_each_test_and_a_cancel_stops_it_at_the_next():
+def test_activity_heartbeats_each_test_and_a_cancel_stops_it_at_the_next(cpu_bf16: bool):
     environment, beats = ActivityEnvironment(), []
 
     def on_heartbeat(details: dict) -> None:
@@ -146,17 +146,19 @@ def test_activity_heartbeats_each_test_and_a_cancel_stops_it_at_the_next():
     request = BenchInput(device="cpu", sustained_seconds=0, allreduce_processes=0, **{**TINY, "trials": 1})
     with pytest.raises(CancelledError):  # the SDK's own, raised in the activity thread, or ours at the next test
         environment.run(run_benchmark_activity, request)
-    assert [b.test for b in beats] == ["matmul_fp32_64", "device_copy"] and beats[1].total == 5
+    matmuls = ["matmul_fp32_64", "matmul_bf16_64"] if cpu_bf16 else ["matmul_fp32_64"]
+    assert [b.test for b in beats] == [*matmuls, "device_copy"][:2]
+    assert beats[1].total == len(matmuls) + 4  # device_copy, two latencies, train_mlp
 
 
-def test_long_steps_keep_heartbeating(monkeypatch):
+def test_long_steps_keep_heartbeating(monkeypatch, cpu_bf16: bool):
     monkeypatch.setattr(bench_suite, "KEEPALIVE_S", 0.01)  # stands in for a step longer than the heartbeat timeout
     environment, beats = ActivityEnvironment(), []
     environment.on_heartbeat = lambda details: beats.append(BenchProgress.model_validate(details))
     request = BenchInput(device="cpu", sustained_seconds=0, allreduce_processes=0, **{**TINY, "trials": 1})
     result = environment.run(run_benchmark_activity, request)
     assert result.suite is not None
-    progress_calls = 6  # five tests and "done"
+    progress_calls = (6 if cpu_bf16 else 5) + 1  # one per test (matmuls, copy, 2 latencies, train) and "done"
     assert len(beats) > progress_calls  # the keepalive thread heartbeat from outside the activity's own thread
 
 

@@ -34,8 +34,18 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+#: `SKYSHIFT_CPU_BF16=on|off` (likewise `_FP16`) overrides what /proc/cpuinfo says. The test suite runs
+#: both branches on any CPU with it; an operator can use it to benchmark an emulated dtype on purpose.
+FORCE_VARIABLE = "SKYSHIFT_CPU_{}"
+
+
 def cpu_supports(dtype: str) -> bool:
     """Native CPU units for the dtype; without them torch emulates it, and a figure would measure the emulation."""
+    forced = os.environ.get(FORCE_VARIABLE.format(dtype.upper()), "auto").strip().lower()
+    if forced in ("on", "off"):
+        return forced == "on"
+    if forced not in ("", "auto"):
+        raise ValueError(f"{FORCE_VARIABLE.format(dtype.upper())}={forced!r}: use on, off or auto")
     flags = cpu_flags()
     return {
         "fp32": True,
