@@ -242,6 +242,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "starters.report",
     "starters.cmd_bench",
     "starters.cmd_checkpoint",
+    "starters.cmd_failback",
 )
 
 BY_HELP = "who is acting, for the audit log (default: $USER)"

@@ -9,6 +9,7 @@ from activities.checkpoints.compat import checkpoint_compatibility
 from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
 from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
+from activities.failback import failback_drill
 from activities.jobs import compare_job_arms, judge_job_bench, record_code_root, run_job
 from activities.metrics import scrape_endpoints
 from activities.shadow.runner import run_shadow, set_mirror
@@ -66,5 +67,6 @@ CONTROL_ACTIVITIES = [
     judge_job_bench,
     run_shadow,
     set_mirror,
+    failback_drill,
 ]
 CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow]

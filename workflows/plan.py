@@ -93,6 +93,8 @@ Duration = duration_between(timedelta(0))
 #: Each monitor window is a scrape activity and a timer in history: under a second would flood it;
 #: over a day would leave a whole stage unjudged.
 MonitorInterval = duration_between(timedelta(seconds=1), timedelta(days=1))
+#: Each reverse-sync pass is a child workflow in history: at least a second apart, at most a day.
+FailbackInterval = duration_between(timedelta(seconds=1), timedelta(days=1))
 
 
 def shown(value: Any, width: int = 80) -> str:
@@ -402,7 +404,22 @@ class ParallelRunSpec(_Model):
 
 
 class DecommissionSpec(_Model):
-    delete_source: bool = Field(False, description="Delete the source copies after archiving (irreversible)")
+    delete_source: bool = Field(
+        False, description="Delete the source copies once the failback window has closed (irreversible)"
+    )
+    failback_window: Duration = Field(
+        timedelta(days=30),
+        description="After the final sync the migration stays open this long: `skyshift failback` routes traffic "
+        "back to the source, `--drill` rehearses it; the source is released only when it closes (0s: at once)",
+    )
+    reverse_sync: list[RelativePath] = Field(
+        default_factory=list,
+        description="Paths the target writes (checkpoints, job outputs) delta-synced back to the source during the "
+        "failback window, so failing back loses at most one interval; never a path a workload moves",
+    )
+    reverse_every: FailbackInterval = Field(
+        timedelta(minutes=15), description="How often the reverse sync runs in the failback window (the RPO bound)"
+    )
 
 
 class MigrationPlan(_Model):
@@ -439,6 +456,16 @@ class MigrationPlan(_Model):
             raise FieldError(("bench", "job"), f"'{self.bench.job}' is not one of workloads.jobs ({', '.join(jobs)})")
         if (why := overlap(self.source_env.storage, self.target_env.storage, resolve=False)) is not None:
             raise FieldError(("environments",), f"the source and target storage overlap ({why})")
+        moved = [(d.name, d.path) for d in self.workloads.datasets] + [
+            (c.name, c.path) for c in self.workloads.checkpoints
+        ]
+        moved += [(j.name, j.code) for j in self.workloads.jobs]
+        for index, path in enumerate(self.decommission.reverse_sync):
+            for name, workload in moved:
+                if path == workload or path.startswith(workload + "/") or workload.startswith(path + "/"):
+                    raise FieldError(("decommission", "reverse_sync", index),
+                                     f"'{path}' overlaps workload '{name}' ({workload}): the reverse sync writes to "
+                                     "the source, so it may only carry what the target produced")  # fmt: skip
         return self
 
     def environment(self, name: str) -> Environment:

@@ -33,6 +33,8 @@ SYNC_V2 = "2026-11-sync-v2"
 EMPTY_SOURCE_STOPS = "2026-11-empty-source-stops"
 CHECKPOINT_REPORTS = "2026-11-checkpoint-reports"
 BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
+FAILBACK_WINDOW = "2026-12-failback-window"
+MONITORED_SOAK = "2026-12-monitored-soak"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -47,4 +49,9 @@ PATCHES: tuple[Patch, ...] = (
           "checkpoints inspected at assess (unsafe ones stop it) and judged on the target's worker in the POC"),
     Patch(BENCH_SUITE_JUDGE, "2026-11-29",
           "the POC micro-suite is judged side by side and against datasheet ceilings, with the environment matrix"),
+    Patch(FAILBACK_WINDOW, "2026-12-03",
+          "after the final sync the migration stays open in a failback window (reverse sync, failback, drills); "
+          "the source is released only when it closes"),
+    Patch(MONITORED_SOAK, "2026-12-03",
+          "the soak before decommission judges the endpoints every interval like a cutover stage; a breach rolls back"),
 )  # fmt: skip
