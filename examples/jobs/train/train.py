@@ -16,6 +16,7 @@ Switches a *worker* can set, so that one side of a comparison behaves differentl
 | `TRAIN_HANG_AT=N` | at step N start a sleeping child process and hang, ignoring SIGTERM |
 | `TRAIN_DEVICE=cpu|cuda` | default: cuda when available |
 | `TRAIN_RESUME_BREAK=dataloader|rng|optimizer` | a broken resume: that part of the state is not restored |
+| `TRAIN_RESUME_BREAK=sigterm` | SIGTERM ignored (a job that does not follow the resume contract) |
 
 Resumable (skyshift's resume contract, `skyshift.jobs`): with `SKYSHIFT_CHECKPOINT_DIR` set it
 checkpoints every `SKYSHIFT_CHECKPOINT_EVERY` steps and, on SIGTERM, after the step in progress,
@@ -160,6 +161,8 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.1)
     args = parser.parse_args()
     stop_requested = handle_sigterm()
+    if os.environ.get("TRAIN_RESUME_BREAK") == "sigterm":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     torch.set_num_threads(1)
     seed = int(os.environ.get("SKYSHIFT_SEED", "0"))
