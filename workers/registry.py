@@ -9,7 +9,7 @@ from activities.checkpoints.compat import checkpoint_compatibility
 from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
 from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
-from activities.jobs import compare_job_arms, judge_job_bench, record_code_root, run_job
+from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, record_code_root, run_job
 from activities.metrics import scrape_endpoints
 from activities.shadow.runner import run_shadow, set_mirror
 from activities.traffic import route_traffic
@@ -64,6 +64,7 @@ CONTROL_ACTIVITIES = [
     judge_bench_activity,
     compare_job_arms,
     judge_job_bench,
+    judge_handoff,
     run_shadow,
     set_mirror,
 ]

@@ -68,11 +68,14 @@ class RunJobInput(BaseModel):
         description="Resumable jobs: SIGTERM once this step is logged, then wait resume.grace for "
         "a checkpoint and exit 0",
     )
+    checkpoints: StoreSpec | None = Field(
+        None, description="The store `checkpoint_prefix` and `resume_from` lie in (default: `store`)"
+    )
     checkpoint_prefix: str | None = Field(
-        None, description="Resumable jobs: where in `store` the newest checkpoint is put when the job ends"
+        None, description="Resumable jobs: where in `checkpoints` the newest checkpoint is put when the job ends"
     )
     resume_from: str | None = Field(
-        None, description="A prefix in `store` holding a complete checkpoint: the job resumes from it"
+        None, description="A prefix in `checkpoints` holding a complete checkpoint: the job resumes from it"
     )
 
 
@@ -267,7 +270,10 @@ def run_job(request: RunJobInput) -> JobResult:
         cache = Path(os.environ.get("SKYSHIFT_CACHE_DIR") or state_dir() / "cache") / "datasets"
         data = {name: dataset_path(store, request.datasets[name], cache, _fetching) for name in job.uses}
         gpus = visible_gpus()
-        resumed = fetch_checkpoint(store, request.resume_from, scratch / "resume") if request.resume_from else None
+        checkpoints = open_store(request.checkpoints) if request.checkpoints else store
+        resumed = None
+        if request.resume_from:
+            resumed = fetch_checkpoint(checkpoints, request.resume_from, scratch / "resume")
         output, metrics = scratch / "output", scratch / "metrics.jsonl"
         output.mkdir()
         env = job_environment(request, output, metrics, data, gpus)
@@ -275,7 +281,7 @@ def run_job(request: RunJobInput) -> JobResult:
         result.code_root = code.root
         result.resumed_from_step = resumed
         if job.resume is not None and request.checkpoint_prefix:
-            result.checkpoint = put_checkpoint(store, scratch / "checkpoints", request.checkpoint_prefix)
+            result.checkpoint = put_checkpoint(checkpoints, scratch / "checkpoints", request.checkpoint_prefix)
         _judge_handoff(request, result)
         result.gpus_used = job.gpus if job.gpus is not None else min(job.nproc_per_node, gpus)
         result.device = "cuda" if gpus else "cpu"
