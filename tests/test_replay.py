@@ -36,4 +36,6 @@ def test_histories_cover_completion_rollback_and_every_exit():
         "demo_drift",  # the shadow phase fails and rolls back before traffic moves
         "failed_child",  # a child fails: siblings cancelled, compensated, workflow failed with an outcome
         "rollback_during_sync",  # a rollback interrupts the sync, waits for it, then compensates
+        "handoff_ok",  # a resumable job's handoff arm: SIGTERM, checkpoint synced, resumed, continuity passes
+        "handoff_dataloader",  # the target resumes with its dataloader restarted: the handoff arm fails, rolls back
     }

@@ -277,6 +277,10 @@ async def test_the_parallel_run_hands_a_resumable_job_off_and_judges_it(client, 
             if state.outcome is None:
                 await handle.signal(MigrationWorkflow.rollback, RollbackInput(reason="test over", by="tester"))
             final = await handle.result()
+            if record := os.environ.get("SKYSHIFT_RECORD_HISTORIES"):  # how tests/histories/handoff_* were made
+                history = await handle.fetch_history()
+                name = f"handoff_{broken or 'ok'}@{handle.id}.json"
+                (Path(record) / name).write_text(history.to_json())
     finally:
         if worker is not None:
             worker.terminate()
