@@ -9,7 +9,7 @@ A job skyshift runs (plan `workloads.jobs`) gets these variables from the worker
 | `SKYSHIFT_DATA_<NAME>` | local path of each dataset the job `uses`, in this environment (`-` becomes `_`) |
 | `SKYSHIFT_SEED` | the seed all arms share |
 | `SKYSHIFT_ENVIRONMENT` | the environment the job runs in |
-| `SKYSHIFT_ARM` | `source`, `source-repeat` or `target` (or `bench`) |
+| `SKYSHIFT_ARM` | `source`, `source-repeat`, `target`, `handoff` (or `bench`) |
 | `SKYSHIFT_DIST_BACKEND` | `nccl` where the worker has GPUs, else `gloo` (for `torch.distributed`) |
 | `SKYSHIFT_CHECKPOINT_DIR` | resumable jobs: where to write resumable checkpoints (`save_checkpoint`) |
 | `SKYSHIFT_CHECKPOINT_EVERY` | resumable jobs: checkpoint every this many steps (plan `resume.every`) |

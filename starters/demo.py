@@ -77,8 +77,10 @@ def demo_plan(ports: dict[str, int], key_url: str) -> dict[str, Any]:
             ],
             "jobs": [{
                 "name": "tiny-lm", "code": "jobs/tiny-lm", "uses": ["tokens-sample"], "timeout": "10m",
-                "command": ["python", "train.py", "--steps", "30", "--dataset", "tokens-sample"],
+                "command": ["python", "train.py", "--steps", "120", "--dataset", "tokens-sample"],
                 "env": {"OMP_NUM_THREADS": "1"}, "samples_per_epoch": 100_000,
+                # Resumable: the parallel run hands it off at step 60 (SIGTERM → checkpoint → resumed on the target).
+                "resume": {"grace": "60s", "every": 40},
             }],
             "endpoints": [endpoint],
             "router": {"kind": "http", "admin_url": f"http://127.0.0.1:{ports['router']}"},

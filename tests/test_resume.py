@@ -56,6 +56,22 @@ def test_resume_is_plan_data_with_clear_errors():
         JobSpec.model_validate({"name": "a", "code": "j", "command": ["python"], "resume": {"gracee": "5m"}})
 
 
+def test_a_plan_names_the_job_and_field_of_a_bad_resume():
+    from tests.helpers import plan_data
+    from workflows.plan import PlanError, parse_plan
+
+    def plan(resume: dict) -> dict:
+        job = {"name": "ft", "code": "jobs/ft", "command": ["python", "t.py"], "timeout": "1h", "resume": resume}
+        workloads = {"datasets": [{"name": "corpus", "path": "datasets/corpus"}], "jobs": [job]}
+        return plan_data("r", "file:///tmp/src", "file:///tmp/dst", workloads=workloads)
+
+    with pytest.raises(PlanError, match=r"workloads\.jobs\[0\]\.resume\.grace: 'soon' is not a duration"):
+        parse_plan(plan({"grace": "soon"}))
+    with pytest.raises(PlanError, match=r"workloads\.jobs\[0\]: resume\.grace \(2:00:00\) must be shorter"):
+        parse_plan(plan({"grace": "2h"}))
+    assert parse_plan(plan({"at": 50})).workloads.jobs[0].resume.at == 50
+
+
 def test_a_checkpoint_is_complete_or_absent(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYSHIFT_CHECKPOINT_DIR", str(tmp_path))
     monkeypatch.delenv("RANK", raising=False)
