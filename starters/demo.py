@@ -194,7 +194,11 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
 
     with ProcessGroup() as procs:
         for env in (SOURCE_ENV, TARGET_ENV):
-            procs.spawn(f"worker-{env}", "workers.main", "--env", env)
+            # bad-resume: the target's worker resumes jobs with their dataloader restarted from zero.
+            broken = {"TRAIN_RESUME_BREAK": "dataloader"} if scenario == "bad-resume" and env == TARGET_ENV else None
+            procs.spawn(f"worker-{env}", "workers.main", "--env", env, env=broken)
+        if scenario == "bad-resume":
+            say("scenario bad-resume: the target's worker resumes the job with its dataloader restarted from zero")
         procs.spawn("worker-control", "workers.main", "--control")
         procs.spawn("endpoint-source", "workers.endpoint", "--env", SOURCE_ENV, "--port", str(ports["source"]),
                     "--store", SOURCE_URL, "--checkpoint", SERVED_CHECKPOINT)  # fmt: skip
