@@ -27,7 +27,8 @@ import time
 import uuid
 
 
-def _servers() -> None:
+def _servers() -> list:
+    """moto's S3 server and the GCS emulator on loopback; returned so that they are stopped at the end."""
     from gcp_storage_emulator.server import create_server
     from moto.server import ThreadedMotoServer
 
@@ -36,10 +37,13 @@ def _servers() -> None:
 
     lift_limits()
     s3, gcs = free_port(), free_port()
-    ThreadedMotoServer(ip_address="127.0.0.1", port=s3, verbose=False).start()
-    create_server("127.0.0.1", gcs, in_memory=True).start()
+    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=s3, verbose=False),
+               create_server("127.0.0.1", gcs, in_memory=True)]  # fmt: skip
+    for server in servers:
+        server.start()
     os.environ["AWS_ENDPOINT_URL_S3"] = f"http://127.0.0.1:{s3}"
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{gcs}"
+    return servers
 
 
 def one_trial(steps: int, at: int) -> dict:
@@ -104,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at", type=int, default=100)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    _servers()
-    trials = [one_trial(args.steps, args.at) for _ in range(args.trials)]
+    from activities.transfer import parallel
+
+    servers = _servers()
+    try:
+        trials = [one_trial(args.steps, args.at) for _ in range(args.trials)]
+    finally:
+        parallel.shutdown()
+        for server in servers:
+            server.stop()  # their threads would keep the process alive
     if args.json:
         print(json.dumps(trials))
         return 0
