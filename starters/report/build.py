@@ -52,7 +52,9 @@ def figure(values: list[float], unit: str, basis: str, median: float | None = No
     if not finite:
         return None
     middle = statistics.median(finite) if median is None else median
-    return Figure(median=middle, low=min(finite), high=max(finite), n=len(finite), unit=unit, basis=basis)
+    # The state's own median is rounded; with one trial it can sit a rounding step outside the raw range.
+    low, high = min(*finite, middle), max(*finite, middle)
+    return Figure(median=middle, low=low, high=high, n=len(finite), unit=unit, basis=basis)
 
 
 # -- economics ------------------------------------------------------------------------------------
