@@ -77,6 +77,7 @@ async def hand_off(ctx: MigrationContext, job: JobSpec, origin: Environment, des
     synced = await move_checkpoint(ctx, job, origin, destination, prefix, arm)
     ctx.audit("skyshift", "handoff", f"{job.name}: step {before.checkpoint.step} checkpointed on {origin.name}, "
               f"{synced.egress_bytes} bytes sent to {destination.name}")  # fmt: skip
+    # The resumed run checkpoints under the same prefix on its side: a later move (back) starts from there.
     after = await run_job_on(ctx, job, destination, arm, trial=1, checkpoints=metadata_spec(destination.storage),
-                             resume_from=prefix)  # fmt: skip
+                             resume_from=prefix, checkpoint_prefix=prefix)  # fmt: skip
     return Move(before=before, sync=synced, after=after)
