@@ -78,8 +78,10 @@ def demo_plan(ports: dict[str, int], key_url: str) -> dict[str, Any]:
             ],
             "jobs": [{
                 "name": "tiny-lm", "code": "jobs/tiny-lm", "uses": ["tokens-sample"], "timeout": "10m",
-                "command": ["python", "train.py", "--steps", "30", "--dataset", "tokens-sample"],
+                "command": ["python", "train.py", "--steps", "120", "--dataset", "tokens-sample"],
                 "env": {"OMP_NUM_THREADS": "1"}, "samples_per_epoch": 100_000,
+                # Resumable: the parallel run hands it off at step 60 (SIGTERM → checkpoint → resumed on the target).
+                "resume": {"grace": "60s", "every": 40},
             }],
             "endpoints": [endpoint],
             "router": {"kind": "http", "admin_url": f"http://127.0.0.1:{ports['router']}"},
@@ -202,7 +204,11 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
 
     with ProcessGroup() as procs:
         for env in (SOURCE_ENV, TARGET_ENV):
-            procs.spawn(f"worker-{env}", "workers.main", "--env", env)
+            # bad-resume: the target's worker resumes jobs with their dataloader restarted from zero.
+            broken = {"TRAIN_RESUME_BREAK": "dataloader"} if scenario == "bad-resume" and env == TARGET_ENV else None
+            procs.spawn(f"worker-{env}", "workers.main", "--env", env, env=broken)
+        if scenario == "bad-resume":
+            say("scenario bad-resume: the target's worker resumes the job with its dataloader restarted from zero")
         procs.spawn("worker-control", "workers.main", "--control")
         procs.spawn("endpoint-source", "workers.endpoint", "--env", SOURCE_ENV, "--port", str(ports["source"]),
                     "--store", SOURCE_URL, "--checkpoint", SERVED_CHECKPOINT)  # fmt: skip

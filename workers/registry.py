@@ -10,7 +10,7 @@ from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
 from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
 from activities.failback import failback_drill
-from activities.jobs import compare_job_arms, judge_job_bench, record_code_root, run_job
+from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, record_code_root, run_job
 from activities.metrics import scrape_endpoints
 from activities.shadow.runner import run_shadow, set_mirror
 from activities.traffic import route_traffic
@@ -65,6 +65,7 @@ CONTROL_ACTIVITIES = [
     judge_bench_activity,
     compare_job_arms,
     judge_job_bench,
+    judge_handoff,
     run_shadow,
     set_mirror,
     failback_drill,

@@ -35,6 +35,7 @@ CHECKPOINT_REPORTS = "2026-11-checkpoint-reports"
 BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
 FAILBACK_WINDOW = "2026-12-failback-window"
 MONITORED_SOAK = "2026-12-monitored-soak"
+HANDOFF_ARM = "2026-12-handoff-arm"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -54,4 +55,7 @@ PATCHES: tuple[Patch, ...] = (
           "the source is released only when it closes"),
     Patch(MONITORED_SOAK, "2026-12-03",
           "the soak before decommission judges the endpoints every interval like a cutover stage; a breach rolls back"),
+    Patch(HANDOFF_ARM, "2026-12-03",
+          "a resumable job (plan resume:) gets a fourth arm in the parallel run: SIGTERM on the source, its "
+          "checkpoint delta-synced, resumed on the target, judged for continuity against the uninterrupted source"),
 )  # fmt: skip

@@ -52,7 +52,9 @@ def figure(values: list[float], unit: str, basis: str, median: float | None = No
     if not finite:
         return None
     middle = statistics.median(finite) if median is None else median
-    return Figure(median=middle, low=min(finite), high=max(finite), n=len(finite), unit=unit, basis=basis)
+    # The state's own median is rounded; with one trial it can sit a rounding step outside the raw range.
+    low, high = min(*finite, middle), max(*finite, middle)
+    return Figure(median=middle, low=low, high=high, n=len(finite), unit=unit, basis=basis)
 
 
 # -- economics ------------------------------------------------------------------------------------
@@ -262,6 +264,10 @@ VERDICT_ACTIVITIES: dict[str, tuple[Callable[[Any], dict], Callable[[MigrationPl
     "compare_job_arms": (lambda r: r["verdict"], _fixed(
         "run_job arms source, source-repeat and target (same seed, same code root): each metric per step and the "
         "output tensors, target-vs-source against the source-vs-source floor")),
+    "judge_handoff": (lambda r: r["comparison"]["verdict"], _fixed(
+        "run_job arm handoff: the source until SIGTERM and its checkpoint, the checkpoint delta-synced, the target "
+        "resumed from it; step numbers, the first post-resume loss, each metric from the resume on and the output "
+        "tensors against the uninterrupted source arm, with the source-vs-source floor")),
     "checkpoint_compatibility": (lambda r: r["verdict"], _fixed(
         "inspect_checkpoint at the source (per-tensor digests) and a real load at the target")),
     "run_shadow": (lambda r: r["verdict"], _fixed(
