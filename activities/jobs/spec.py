@@ -68,6 +68,12 @@ class JobSpec(BaseModel):
     steps_per_epoch: int | None = Field(
         None, ge=1, description="For cost per epoch when samples_per_epoch is not given (x samples per step)"
     )
+    fallback: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Environments a preempted run may resume on, in order of preference; the zone that just "
+        "evicted it is skipped unless nothing else is listed",
+    )
 
     @field_validator("command")
     @classmethod
@@ -92,6 +98,16 @@ class JobSpec(BaseModel):
         for name in value:
             if not re.fullmatch(_NAME, name):
                 raise ValueError(f"'{name}' is not a dataset name")
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"'{name}' is not an environment name")
+        if repeated := sorted({name for name in value if value.count(name) > 1}):
+            raise ValueError(f"each environment once; repeated: {', '.join(repeated)}")
         return value
 
     @model_validator(mode="after")
