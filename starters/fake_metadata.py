@@ -21,7 +21,7 @@ Every server has an admin API under `/-/` (never faulted):
 - `PUT /-/faults {"delay_s": 0.5}` slows every answer; `{"fail_next": 25, "fail_with": "timeout"}`
   makes the next 25 provider requests hang past any client timeout (or answer 500/503, or reset).
 - `DELETE /-/node` (k8s-label): the node object is deleted (later reads are 404).
-- `GET /-/log`: every provider request served: time, method, path, status, whether it carried a notice.
+- `GET /-/log`: every provider request answered: time, method, path, status, whether it carried a notice.
 
 `python -m starters.fake_metadata --provider aws --port 8169` runs one in the foreground.
 """
@@ -37,6 +37,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -111,6 +112,8 @@ class FakeMetadataServer(ThreadingHTTPServer):
         self.notices: list[Scheduled] = []
         self.faults = Faults()
         self.log: list[Served] = []
+        #: (time, path) of every provider request as it arrives, before any answer (a long-poll's is late).
+        self.arrived: list[tuple[float, str]] = []
 
     @property
     def url(self) -> str:
@@ -145,6 +148,11 @@ class FakeMetadataServer(ThreadingHTTPServer):
         with self.cond:
             self.notices.clear()
             self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[FakeMetadataServer], bool], timeout: float = 60.0) -> bool:
+        """Block until `predicate(server)` holds, e.g. on its `log` or `arrived` (an event, not a sleep)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate(self), timeout)
 
     def take_fault(self) -> str | None:
         with self.cond:
@@ -185,6 +193,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = self._admin(method, parts.path, body)
             self._send(status, {"Content-Type": "application/json"}, json.dumps(payload).encode())
             return
+        with self.server.cond:
+            self.server.arrived.append((time.time(), parts.path))
+            self.server.cond.notify_all()
         fault = self.server.take_fault()
         if fault == "timeout":
             time.sleep(self.server.faults.hang_s)
@@ -210,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self, method: str, path: str, status: int, notice: bool) -> None:
         with self.server.cond:
             self.server.log.append(Served(time.time(), method, path, status, notice))
+            self.server.cond.notify_all()
 
     def _admin(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         server = self.server
@@ -463,7 +475,8 @@ SERVERS: dict[str, type[FakeMetadataServer]] = {
 def start(provider: str, host: str = "127.0.0.1", port: int = 0) -> FakeMetadataServer:
     """Start one provider's fake on a background thread; `server.shutdown(); server.server_close()` stops it."""
     server = SERVERS[provider](host, port)
-    threading.Thread(target=server.serve_forever, name=f"fake-metadata-{provider}", daemon=True).start()
+    # A short poll interval: shutdown() returns within 50 ms instead of serve_forever's default 0.5 s.
+    threading.Thread(target=server.serve_forever, args=(0.05,), name=f"fake-metadata-{provider}", daemon=True).start()
     return server
 
 

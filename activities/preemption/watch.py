@@ -170,12 +170,12 @@ async def _signal(workflow_id: str, payload: PreemptionSignal) -> None:
 
 
 @activity.defn(name="acknowledge_preemption")
-def acknowledge_preemption(request: AcknowledgeInput) -> bool:
+async def acknowledge_preemption(request: AcknowledgeInput) -> bool:
     """Let the provider start the event now (Azure StartRequests), once the checkpoint is safe.
     False where the provider has no such step; an unreadable answer retries."""
     watcher = open_watcher(request.watcher)
     try:
-        return watcher.acknowledge(request.notice)
+        return await asyncio.to_thread(watcher.acknowledge, request.notice)
     except UnreadableAnswer as error:
         raise RuntimeError(str(error)) from None
     finally:
