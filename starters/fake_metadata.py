@@ -130,6 +130,10 @@ class FakeMetadataServer(ThreadingHTTPServer):
         self._start_waker(at)
         return scheduled
 
+    def schedule_in(self, seconds: float, kind: str | None = None) -> float:
+        """In-process form of `POST /-/notice`: a notice visible `seconds` from now; its epoch time."""
+        return self.schedule(ScheduleNotice(in_s=seconds, kind=kind)).effective_at
+
     def _start_waker(self, at: float) -> None:
         """Long-polls wait on the condition; wake them when a scheduled notice becomes visible."""
 

@@ -266,3 +266,14 @@ def test_plan_fields_name_what_is_wrong(tmp_path) -> None:
         bad = {**data, "workloads": {**data["workloads"], "jobs": [job | {"fallback": fallback}]}}
         with pytest.raises(PlanError, match=rf"workloads\.jobs\[0\]\.fallback: .*{message}"):
             parse_plan(bad)
+
+
+async def test_a_watcher_that_cannot_be_opened_fails_once_naming_what_is_missing(client, monkeypatch) -> None:
+    from temporalio.client import WorkflowFailureError
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    request = WatchPreemptionInput(environment="cw", watcher=WatcherConfig(provider="k8s-label"))
+    with pytest.raises(WorkflowFailureError) as failure:
+        await run_watch(client, request)
+    cause = failure.value.cause.cause
+    assert "NODE_NAME" in str(cause) and cause.non_retryable

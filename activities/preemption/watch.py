@@ -78,6 +78,14 @@ class AcknowledgeInput(BaseModel):
     notice: Notice
 
 
+def _open(config: WatcherConfig):
+    """The watcher, or a non-retryable failure naming what is missing (retrying cannot supply it)."""
+    try:
+        return open_watcher(config)
+    except ValueError as error:
+        raise ApplicationError(str(error), type="InvalidWatcherConfig", non_retryable=True) from None
+
+
 def _progress() -> WatchProgress:
     details = activity.info().heartbeat_details
     if details:
@@ -111,7 +119,7 @@ async def _pause(seconds: float, progress: WatchProgress) -> None:
 async def watch_preemption(request: WatchPreemptionInput) -> WatchPreemptionResult:
     progress = _progress()
     seen = set(request.seen) | set(progress.seen)
-    watcher = open_watcher(request.watcher)
+    watcher = _open(request.watcher)
     loop = asyncio.get_running_loop()
     ends_at = loop.time() + request.max_duration_s if request.max_duration_s else None
     result = WatchPreemptionResult(environment=request.environment)
@@ -173,7 +181,7 @@ async def _signal(workflow_id: str, payload: PreemptionSignal) -> None:
 async def acknowledge_preemption(request: AcknowledgeInput) -> bool:
     """Let the provider start the event now (Azure StartRequests), once the checkpoint is safe.
     False where the provider has no such step; an unreadable answer retries."""
-    watcher = open_watcher(request.watcher)
+    watcher = _open(request.watcher)
     try:
         return await asyncio.to_thread(watcher.acknowledge, request.notice)
     except UnreadableAnswer as error:
