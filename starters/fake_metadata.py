@@ -177,6 +177,9 @@ class FakeMetadataServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's delayed
+    # ACK (~40 ms), which would be the fake's latency, not the watcher's.
+    disable_nagle_algorithm = True
     server: FakeMetadataServer
 
     def log_message(self, *args) -> None:
