@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.preemption.watch import (
@@ -45,7 +46,8 @@ class WatchBesideRunWorkflow:
 
 @workflow.defn(name="watch-once")
 class WatchOnceWorkflow:
-    """Awaits the watcher itself: the simplest way a workflow learns of a notice."""
+    """Awaits the watcher itself: the simplest way a workflow learns of a notice. Cancelling the
+    workflow (as when the run it guards ends) waits until the watcher has stopped."""
 
     @workflow.run
     async def run(self, request: WatchPreemptionInput) -> WatchPreemptionResult:
@@ -54,4 +56,5 @@ class WatchOnceWorkflow:
             request,
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=heartbeat_timeout_for(request.watcher),
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )

@@ -73,14 +73,18 @@ def looks_at_notice_path(server: FakeMetadataServer, provider: str) -> list:
     return [s for s in server.log if s.path == NOTICE_PATH[provider]]
 
 
-async def run_watch(client: Client, request: WatchPreemptionInput, *, via_signal: bool = False):
-    queue = f"preempt-{uuid.uuid4().hex[:8]}"
-    async with Worker(
+def watch_worker(client: Client, queue: str) -> Worker:
+    return Worker(
         client,
         task_queue=queue,
         workflows=[WatchBesideRunWorkflow, WatchOnceWorkflow],
         activities=[watch_preemption, acknowledge_preemption],
-    ):
+    )
+
+
+async def run_watch(client: Client, request: WatchPreemptionInput, *, via_signal: bool = False):
+    queue = f"preempt-{uuid.uuid4().hex[:8]}"
+    async with watch_worker(client, queue):
         if via_signal:
             return await client.execute_workflow(
                 WatchBesideRunWorkflow.run, request, id=f"watch-{uuid.uuid4().hex[:8]}", task_queue=queue
@@ -277,3 +281,29 @@ async def test_a_watcher_that_cannot_be_opened_fails_once_naming_what_is_missing
         await run_watch(client, request)
     cause = failure.value.cause.cause
     assert "NODE_NAME" in str(cause) and cause.non_retryable
+
+
+async def test_cancelling_the_watch_stops_the_watcher(client, tmp_path) -> None:
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import WorkflowFailureError
+
+    server = fake_metadata.start("aws")
+    queue = f"preempt-{uuid.uuid4().hex[:8]}"
+    try:
+        request = WatchPreemptionInput(environment="aws", watcher=config_for(server, tmp_path, poll_interval_s=0.2))
+        async with watch_worker(client, queue):
+            handle = await client.start_workflow(
+                WatchOnceWorkflow.run, request, id=f"watch-{uuid.uuid4().hex[:8]}", task_queue=queue
+            )
+            assert await asyncio.to_thread(server.wait_for, lambda s: len(looks_at_notice_path(s, "aws")) >= 2)
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()  # returns once the activity itself acknowledged the cancellation
+            with server.cond:
+                looks_at_close = len(looks_at_notice_path(server, "aws"))
+        events = [e.event_type async for e in handle.fetch_history_events()]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED in events
+    assert len(looks_at_notice_path(server, "aws")) <= looks_at_close + 1, "at most the look in flight, then quiet"

@@ -7,7 +7,9 @@ timeout of a few poll intervals) and either awaits it or is woken by its signal
 one watcher can wake a workflow that is busy awaiting something else. Answers that cannot be read
 are counted and heartbeated, never returned as a notice. The activity ends on a notice of a kind
 the caller asked for, when the environment says the instance is gone, or after `max_duration_s`
-(so the caller can restart it, e.g. across continue-as-new); cancelling it stops the watch.
+(so the caller can restart it, e.g. across continue-as-new); cancelling it stops the watch (the
+cancellation arrives with a heartbeat's answer, which the SDK throttles to 0.8 x the heartbeat
+timeout: ~18 s with `heartbeat_timeout_for`'s 22 s; the watcher only reads, so the wait is harmless).
 """
 
 from __future__ import annotations
