@@ -101,11 +101,15 @@ def _progress() -> WatchProgress:
 async def _look(watcher, seen: frozenset[str], progress: WatchProgress) -> Observation:
     """One observation, heartbeating while it blocks (a GCP long-poll can hold a minute)."""
     look = asyncio.ensure_future(asyncio.to_thread(watcher.observe, seen))
-    while True:
-        done, _ = await asyncio.wait({look}, timeout=HEARTBEAT_EVERY_S)
-        if done:
-            return look.result()
-        activity.heartbeat(progress.model_dump())
+    try:
+        while True:
+            done, _ = await asyncio.wait({look}, timeout=HEARTBEAT_EVERY_S)
+            if done:
+                return look.result()
+            activity.heartbeat(progress.model_dump())
+    except asyncio.CancelledError:
+        look.cancel()  # the thread ends with its request timeout; nothing waits for its answer
+        raise
 
 
 async def _pause(seconds: float, progress: WatchProgress) -> None:
