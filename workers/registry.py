@@ -12,6 +12,7 @@ from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_check
 from activities.failback import failback_drill
 from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, record_code_root, run_job
 from activities.metrics import scrape_endpoints
+from activities.preemption.watch import acknowledge_preemption, watch_preemption
 from activities.shadow.runner import run_shadow, set_mirror
 from activities.traffic import route_traffic
 from activities.training import train_seeded
@@ -53,6 +54,8 @@ ENVIRONMENT_ACTIVITIES = [
     seal_checkpoint,
     open_sealed,
     remove_sealed,
+    watch_preemption,
+    acknowledge_preemption,
 ]
 #: Analysis, reports and traffic changes: anywhere with a view of both sides.
 CONTROL_ACTIVITIES = [

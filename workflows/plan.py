@@ -200,11 +200,23 @@ class Environment(_Model):
     allowed_data_regions: list[str] = Field(
         default_factory=list, description="Regions this environment's data may move to; empty allows any"
     )
+    preemption: Literal["aws", "gcp", "azure", "k8s-label", "none"] = Field(
+        "none",
+        description="Where this environment's worker reads preemption notices: AWS IMDSv2, GCP metadata, Azure "
+        "Scheduled Events, a Kubernetes node label (CoreWeave-style), or none",
+    )
+    preemption_address: str | None = Field(
+        None,
+        description="The metadata service's (or API server's) base URL, e.g. http://127.0.0.1:8169; "
+        "default: the provider's own (SKYSHIFT_PREEMPTION_ADDRESS on the worker overrides that default)",
+    )
 
     @model_validator(mode="after")
     def _check_endpoint(self) -> Environment:
         if self.storage.endpoint is not None and (problem := http_url_problem(self.storage.endpoint)):
             raise FieldError(("storage", "endpoint"), problem)
+        if self.preemption_address is not None and (problem := http_url_problem(self.preemption_address)):
+            raise FieldError(("preemption_address",), problem)
         return self
 
     @property
@@ -454,6 +466,10 @@ class MigrationPlan(_Model):
         jobs = [j.name for j in self.workloads.jobs]
         if self.bench.job is not None and self.bench.job not in jobs:
             raise FieldError(("bench", "job"), f"'{self.bench.job}' is not one of workloads.jobs ({', '.join(jobs)})")
+        for index, job in enumerate(self.workloads.jobs):
+            for unknown in [f for f in job.fallback if f not in names]:
+                raise FieldError(("workloads", "jobs", index, "fallback"),
+                                 f"'{unknown}' is not one of the environments ({', '.join(names)})")  # fmt: skip
         if (why := overlap(self.source_env.storage, self.target_env.storage, resolve=False)) is not None:
             raise FieldError(("environments",), f"the source and target storage overlap ({why})")
         moved = [(d.name, d.path) for d in self.workloads.datasets] + [

@@ -99,6 +99,12 @@ class JobSpec(BaseModel):
     resume: ResumeSpec | None = Field(
         None, description="The job follows the resume contract (SIGTERM → checkpoint → exit 0; SKYSHIFT_RESUME_FROM)"
     )
+    fallback: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Environments a preempted run may resume on, in order of preference; the zone that just "
+        "evicted it is skipped unless nothing else is listed",
+    )
 
     @field_validator("command")
     @classmethod
@@ -123,6 +129,16 @@ class JobSpec(BaseModel):
         for name in value:
             if not re.fullmatch(_NAME, name):
                 raise ValueError(f"'{name}' is not a dataset name")
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"'{name}' is not an environment name")
+        if repeated := sorted({name for name in value if value.count(name) > 1}):
+            raise ValueError(f"each environment once; repeated: {', '.join(repeated)}")
         return value
 
     @model_validator(mode="after")
