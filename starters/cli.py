@@ -242,6 +242,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "starters.report",
     "starters.cmd_bench",
     "starters.cmd_checkpoint",
+    "starters.cmd_place",
 )
 
 BY_HELP = "who is acting, for the audit log (default: $USER)"

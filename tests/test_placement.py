@@ -109,3 +109,61 @@ def test_place_is_fast_over_a_thousand_offers():
     ranked = place(JOB, offers)
     assert time.process_time() - started < 1.0
     assert len(ranked) == 1_000 and json.loads(ranked[0].model_dump_json())["feasible"]
+
+
+# -- skyshift place -----------------------------------------------------------------------------
+
+
+def run_cli(*argv: str, capsys) -> tuple[int, dict]:
+    from starters.cli import main
+
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_skyshift_place_ranks_the_example_book_with_every_price_sourced(capsys):
+    code, out = run_cli("place", "examples/prices/job.yaml", "--prices", "examples/prices/book.yaml",
+                        "--prices", "examples/prices/quotes.csv", capsys=capsys)  # fmt: skip
+    assert code == 0 and out["feasible"] >= 1
+    best = out["ranked"][0]
+    assert best["feasible"] and best["offer"]["region"] in {"us-east-1", "us-central1", "eu-north1", "us-east-3",
+                                                            "us-east-04"}  # fmt: skip
+    costs = [r["expected_usd"] for r in out["ranked"] if r["feasible"]]
+    assert costs == sorted(costs)
+    assert all("as of 2026-12-01" in r["offer"]["price_source"] for r in out["ranked"])
+    assert {r["reason"].split(":")[0] for r in out["ranked"] if not r["feasible"]} == {"residency", "memory"}
+
+
+def test_skyshift_place_lists_refused_prices_and_prefers_the_most_specific_measurement(tmp_path, capsys):
+    book = tmp_path / "book.yaml"
+    book.write_text(
+        "as_of: 2026-12-01T00:00:00Z\nvalid_until: 2099-01-01T00:00:00Z\ncompute:\n"
+        "  - {provider: a, region: r1, instance_type: x8, gpu: H100-80GB, gpu_count: 8, gpu_memory_gb: 80,"
+        " on_demand: 20}\n"
+        "  - {provider: b, region: r1, instance_type: y8, gpu: H100-80GB, gpu_count: 8, gpu_memory_gb: 80,"
+        " on_demand: 16}\n"
+        "  - {provider: c, region: r1, instance_type: z8, gpu: H100-80GB, gpu_count: 8, gpu_memory_gb: 80,"
+        " on_demand: 0}\n"
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "samples_per_epoch: 2880000\ndata: {provider: a, region: r1}\nthroughput:\n"
+        "  H100-80GB: {samples_per_s_per_gpu: 100, source: poc}\n"
+        "  b/H100-80GB: {samples_per_s_per_gpu: 50, source: poc on b (slow network)}\n"
+    )
+    code, out = run_cli("place", str(job), "--prices", str(book), capsys=capsys)
+    assert code == 0
+    assert [r["offer"]["provider"] for r in out["ranked"]] == ["a", "b"]  # b is cheaper per hour, dearer per sample
+    assert out["ranked"][1]["offer"]["price_source"].endswith("throughput: poc on b (slow network)")
+    assert out["refused_prices"][0]["quote"] == "c/r1/z8 on_demand"
+
+
+@pytest.mark.parametrize(
+    ("job", "named"),
+    [("samples_per_epoch: -1\n", "samples_per_epoch"), ("samples_per_epoch: 5\n", "data: Field required")],
+)
+def test_skyshift_place_names_the_bad_field_with_exit_2(tmp_path, capsys, job, named):
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    code, out = run_cli("place", str(path), "--prices", "examples/prices/book.yaml", capsys=capsys)
+    assert code == 2 and named in out["error"] and str(path) in out["error"]
