@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     load = "/".join(f"{x:.1f}" for x in os.getloadavg()[:2])
     lines = [
         f"placement over {n} scenarios x {args.offers} offers (seed {args.seed}; {result['unplaced']} with no "
-        f"feasible offer left out): total cost {vs_base[0]:.3f}x cheapest-hourly (95% CI {vs_base[1]:.3f}–"
-        f"{vs_base[2]:.3f}), {vs_opt[0]:.3f}x the offline optimum (95% CI {vs_opt[1]:.3f}–{vs_opt[2]:.3f}); "
+        f"feasible offer left out): total cost {vs_base[0]:.3f}x cheapest-hourly (95% CI {vs_base[1]:.3f}-"
+        f"{vs_base[2]:.3f}), {vs_opt[0]:.3f}x the offline optimum (95% CI {vs_opt[1]:.3f}-{vs_opt[2]:.3f}); "
         f"residency violations {result['residency_violations']}, missed deadlines {result['missed_deadlines']}",
         f"place() over 1,000 offers: median {median_s * 1000:.0f} ms, max {max_s * 1000:.0f} ms of 7 runs",
     ]
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.append:
         results = Path(__file__).with_name("RESULTS.md")
-        header = (f"\n## {datetime.now(UTC):%Y-%m-%d}, `python -m bench.placement --scenarios {args.scenarios} "
-                  f"--offers {args.offers} --seed {args.seed}`\n\n{os.cpu_count()} x {cpu_model()}, load {load}\n\n")  # fmt: skip
+        command = f"python -m bench.placement --scenarios {args.scenarios} --offers {args.offers} --seed {args.seed}"
+        header = f"\n## {datetime.now(UTC):%Y-%m-%d}, `{command}`\n\n{os.cpu_count()} x {cpu_model()}, load {load}\n\n"
         with results.open("a") as out:
             out.write(header + "```\n" + "\n".join(lines) + "\n```\n")
     return 0

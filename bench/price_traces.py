@@ -11,9 +11,9 @@ Format: JSON Lines, one *scenario* per line:
                            "interruptions_at_h": [hours into the run when a preemption really happens]}}]}
 
 What varies, and why (the failure modes of ranking by list price): prices per GPU-hour by GPU model
-and provider class (hyperscaler vs neocloud, ±15 %), spot discounts 50–75 % whose interruption rate
-rises as the discount deepens (0.01–1.2 per hour), per-offer network quality (the share of ideal
-multi-GPU throughput the cluster keeps: 35–100 %, poorer more often at cheap neoclouds; skypilot#3592),
+and provider class (hyperscaler vs neocloud, ±15 %), spot discounts 50-75 % whose interruption rate
+rises as the discount deepens (0.01-1.2 per hour), per-offer network quality (the share of ideal
+multi-GPU throughput the cluster keeps: 35-100 %, poorer more often at cheap neoclouds; skypilot#3592),
 the POC's measurement noise (±5 %, 1 sigma), regions outside the job's residency set, 80 % of offers
 with capacity now, and egress/storage prices by provider. Deterministic by seed.
 """

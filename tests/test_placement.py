@@ -167,3 +167,14 @@ def test_skyshift_place_names_the_bad_field_with_exit_2(tmp_path, capsys, job, n
     path.write_text(job)
     code, out = run_cli("place", str(path), "--prices", "examples/prices/book.yaml", capsys=capsys)
     assert code == 2 and named in out["error"] and str(path) in out["error"]
+
+
+def test_the_benchmark_replays_a_preemption_as_lost_work_since_the_checkpoint_plus_restart():
+    from bench.placement import realized
+
+    job = PlacementJob(samples_per_epoch=3600 * 100 * 2, checkpoint_interval_hours=0.5, restart_hours=0.1)
+    o = offer("x", 10.0, 100.0)
+    assert realized(job, o, {"samples_per_s": 100.0, "interruptions_at_h": []}) == pytest.approx((20.0, 2.0))
+    # preempted at 0.7 h: 0.2 h since the 0.5 h checkpoint is lost, 0.1 h to restart → 2.3 h
+    cost, wall = realized(job, o, {"samples_per_s": 100.0, "interruptions_at_h": [0.7]})
+    assert wall == pytest.approx(2.3) and cost == pytest.approx(23.0)
