@@ -57,6 +57,7 @@ class CostLatencyPolicy:
         self.shares = dict.fromkeys(self.endpoints, 1.0 / len(endpoints))
         self.current = dict.fromkeys(self.endpoints, 0.0)
         self.picks = 0
+        self.learned = False
         self.served = dict.fromkeys(self.endpoints, 0)
 
     def observe(self, name: str, latency_ms: float) -> None:
@@ -83,8 +84,9 @@ class CostLatencyPolicy:
     def _recompute(self) -> None:
         s = self.settings
         known = {n: p99(list(v)) for n, v in self.latencies.items() if len(v) >= s.min_samples}
-        if not known:
+        if len(known) < len(self.endpoints) and not self.learned:
             return  # still learning: the even split it started with measures every endpoint
+        self.learned = True
         limit = s.headroom * s.slo_p99_ms
         fastest = min(known, key=known.get)
         for name, latency in known.items():
