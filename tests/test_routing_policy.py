@@ -81,3 +81,57 @@ def test_an_endpoint_that_breaks_the_slo_gets_only_probes():
 def test_no_endpoints_is_refused_by_name():
     with pytest.raises(ValueError, match="endpoints"):
         CostLatencyPolicy([], PolicySettings(slo_p99_ms=100))
+
+
+def test_the_multi_router_steers_real_requests_and_meters_cost_from_the_answers_token_counts():
+    """Three endpoints on loopback behind latency proxies; the router's cost is the answers' own token counts."""
+    import http.client
+    import json
+
+    from bench.faultproxy import FaultProxy
+    from bench.routing import endpoint_server
+    from workers.multi_router import serve
+
+    servers, proxies = [], []
+    endpoints = []
+    for i, (name, rtt, price) in enumerate((("cheap-far", 0.02, 0.2), ("mid", 0.01, 0.45), ("dear-near", 0.0, 1.0))):
+        server = endpoint_server(slots=4, service_s=0.002, seed=i)
+        proxy = FaultProxy(f"http://127.0.0.1:{server.server_address[1]}", latency_s=rtt)
+        servers.append(server)
+        proxies.append(proxy)
+        endpoints.append(RoutedEndpoint(name=name, url=proxy.url, usd_per_million_tokens=price))
+    router = serve("127.0.0.1", 0, endpoints, PolicySettings(slo_p99_ms=150, min_samples=10, recompute_every=10))
+    import threading
+
+    threading.Thread(target=router.serve_forever, daemon=True).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", router.server_address[1], timeout=30)
+        usd, tokens, served = 0.0, 0, Counter()
+        prices = {e.name: e.usd_per_million_tokens for e in endpoints}
+        for i in range(240):
+            connection.request("POST", "/v1/completions", body=json.dumps({"max_tokens": 50 + i % 7}))
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            backend = response.getheader("X-Skyshift-Backend")
+            served[backend] += 1
+            usd += prices[backend] * answer["tokens"] / 1e6
+            tokens += answer["tokens"]
+        connection.request("GET", "/-/policy")
+        policy = json.loads(connection.getresponse().read())
+        connection.request("GET", "/-/metrics")
+        metrics = connection.getresponse().read().decode()
+    finally:
+        router.shutdown()
+        router.server_close()
+        for proxy in proxies:
+            proxy.close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert served["cheap-far"] > served["mid"] and served["cheap-far"] > served["dear-near"]
+    assert served["dear-near"] >= 0.05 * 240  # the fastest keeps a share
+    assert policy["cost"]["tokens"] == tokens
+    assert policy["cost"]["usd_per_million_tokens"] == pytest.approx(usd / tokens * 1e6)
+    gauge = next(line for line in metrics.splitlines() if line.startswith("skyshift_cost_per_million_tokens_usd "))
+    assert float(gauge.split()[1]) == pytest.approx(usd / tokens * 1e6)
+    assert 'skyshift_router_tokens_total{endpoint="cheap-far"}' in metrics
