@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from starters.common import EXIT_FAILED, EXIT_OK, UsageError, emit
+from starters.common import EXIT_FAILED, EXIT_OK, UsageError, emit, fail
 
 
 def load_job(path: str):
@@ -40,16 +40,25 @@ def load_job(path: str):
 
 def cmd_place(args: argparse.Namespace) -> int:
     from activities.pricing import PriceBook, PriceError, load_price_file, place
+    from activities.pricing.fetchers import fetcher_from_spec
     from activities.pricing.offers import offers_for
 
     job = load_job(args.job)
     book = PriceBook()
     try:
-        for path in args.prices:
+        for path in args.prices or []:
             book = book.merged(load_price_file(path))
+        fetchers = [fetcher_from_spec(spec) for spec in args.fetch or []]
     except PriceError as error:
         raise UsageError(str(error)) from None
     now = datetime.now(UTC)
+    for spec, fetcher in zip(args.fetch or [], fetchers, strict=True):
+        try:
+            book = book.merged(PriceBook.build(fetcher.fetch(now)))
+        except (OSError, ValueError) as error:  # unreachable API, an answer not in the documented format
+            return fail(args, EXIT_FAILED, f"--fetch {spec}: cannot read prices: {error}")
+    if not book.quotes and not book.refused:
+        raise UsageError("no prices: give --prices FILE or --fetch SOURCE")
     offers, skipped = offers_for(job, book, now)
     ranked = place(job, offers)
     feasible = [r for r in ranked if r.feasible]
@@ -98,6 +107,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     place.add_argument(
         "job", help="the job: needs, measured throughput per GPU, data location (examples/prices/job.yaml)"
     )
-    place.add_argument("--prices", action="append", required=True, metavar="FILE",
+    place.add_argument("--prices", action="append", metavar="FILE",
                        help="a price file (.yaml/.csv); repeatable, screened together")  # fmt: skip
+    place.add_argument("--fetch", action="append", metavar="SOURCE",
+                       help="read a provider's price API too: lambda | gcp:REGION[,..] | aws:REGION:TYPE[,..] "
+                       "(keys from LAMBDA_API_KEY, GCP_BILLING_API_KEY, AWS credentials)")  # fmt: skip
     place.add_argument("--top", type=int, default=10, help="show this many feasible offers (default 10)")

@@ -218,3 +218,24 @@ def test_fetchers_read_the_api_over_http_following_pages(recorded_api, monkeypat
     assert any("pageToken=1" in path for path in handler.seen)  # the second page was asked for
     book = PriceBook.build(lam + gcp + load_price_file(ROOT / "examples" / "prices" / "book.yaml").quotes)
     assert not book.refused
+
+
+def test_skyshift_place_reads_a_live_price_api_beside_the_operators_file(recorded_api, monkeypatch, capsys):
+    from starters.cli import main
+
+    base, handler = recorded_api
+    handler.pages = {"/v1/instance-types": [recorded("lambda_instance_types.json")]}
+    monkeypatch.setenv("SKYSHIFT_LAMBDA_API_URL", f"{base}/v1")
+    job = str(ROOT / "examples" / "prices" / "job.yaml")
+    code = main(["place", job, "--prices", str(ROOT / "examples" / "prices" / "book.yaml"), "--fetch", "lambda",
+                 "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    live = [r for r in out["ranked"] if r["offer"]["price_source"].startswith("lambda:instance-types")]
+    assert {r["offer"]["region"] for r in live} == {"us-east-3", "us-south-2", "us-west-1"}
+    assert not any(r["offer"]["stale"] for r in live)  # read just now: a live quote within its 15 minutes
+    assert main(["place", job, "--fetch", "nimbus", "--json"]) == 2
+    assert "unknown price source 'nimbus'" in json.loads(capsys.readouterr().out)["error"]
+    monkeypatch.setenv("SKYSHIFT_LAMBDA_API_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
+    assert main(["place", job, "--fetch", "lambda", "--json"]) == 1
+    assert "--fetch lambda: cannot read prices" in json.loads(capsys.readouterr().out)["error"]

@@ -47,6 +47,26 @@ def need(mapping: Any, key: str, where: str) -> Any:
 FETCHERS: dict[str, Callable[..., PriceFetcher]] = {}
 
 
+def fetcher_from_spec(spec: str) -> PriceFetcher:
+    """`lambda`, `gcp:us-central1,us-east4`, `aws:us-east-1:p5.48xlarge,g6.xlarge` → a fetcher."""
+    name, _, rest = spec.partition(":")
+    if name not in FETCHERS:
+        raise PriceError(f"--fetch {spec}: unknown price source {name!r} (one of {', '.join(sorted(FETCHERS))})")
+    parts = [part for part in rest.split(":") if part] if rest else []
+    lists = [[item for item in part.split(",") if item] for part in parts]
+    if name == "aws":
+        if len(lists) != 2 or len(lists[0]) != 1:
+            raise PriceError(f"--fetch {spec}: write aws:REGION:INSTANCE_TYPE[,INSTANCE_TYPE...]")
+        return FETCHERS[name](lists[0][0], lists[1])
+    if name == "gcp":
+        if len(lists) != 1:
+            raise PriceError(f"--fetch {spec}: write gcp:REGION[,REGION...]")
+        return FETCHERS[name](lists[0])
+    if lists:
+        raise PriceError(f"--fetch {spec}: {name} takes no arguments")
+    return FETCHERS[name]()
+
+
 def register(name: str) -> Callable[[Callable[..., PriceFetcher]], Callable[..., PriceFetcher]]:
     def add(factory: Callable[..., PriceFetcher]) -> Callable[..., PriceFetcher]:
         FETCHERS[name] = factory

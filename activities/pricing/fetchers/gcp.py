@@ -113,8 +113,13 @@ class GcpFetcher:
 
     name = "gcp"
 
-    def __init__(self, regions: list[str], api_key_env: str = "GCP_BILLING_API_KEY", base_url: str = CATALOG) -> None:
-        self.regions, self.api_key_env, self.base_url = set(regions), api_key_env, base_url
+    def __init__(
+        self, regions: list[str], api_key_env: str = "GCP_BILLING_API_KEY", base_url: str | None = None
+    ) -> None:
+        import os
+
+        self.regions, self.api_key_env = set(regions), api_key_env
+        self.base_url = base_url or os.environ.get("SKYSHIFT_GCP_CATALOG_URL", CATALOG)
 
     def _pages(self, service: str):
         import os

@@ -60,8 +60,11 @@ class LambdaFetcher:
 
     name = "lambda"
 
-    def __init__(self, api_key_env: str = "LAMBDA_API_KEY", base_url: str = API) -> None:
-        self.api_key_env, self.base_url = api_key_env, base_url
+    def __init__(self, api_key_env: str = "LAMBDA_API_KEY", base_url: str | None = None) -> None:
+        import os
+
+        # SKYSHIFT_LAMBDA_API_URL points at a mirror or a recorded answer (as AWS_ENDPOINT_URL_S3 does for S3)
+        self.api_key_env, self.base_url = api_key_env, base_url or os.environ.get("SKYSHIFT_LAMBDA_API_URL", API)
 
     def fetch(self, now: datetime | None = None) -> list[Quote]:
         import os
