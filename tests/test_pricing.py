@@ -131,6 +131,17 @@ def test_aws_offer_file_gives_linux_on_demand_and_no_upfront_reserved():
     assert p5.source.startswith("aws-price-list:AmazonEC2@20261201000000 sku P5SKU0000000001")
 
 
+def test_aws_get_products_reads_the_same_quotes_as_the_offer_file():
+    from activities.pricing.fetchers.aws import parse_get_products
+
+    answer = recorded("aws_get_products_p5_g6.json")
+    assert all(isinstance(text, str) for text in answer["PriceList"])  # JSON documents as strings, as AWS sends them
+    queried = parse_get_products(answer["PriceList"], READ_AT)
+    bulk = parse_offer_file(recorded("aws_offer_ec2_us-east-1.json"), READ_AT)
+    assert {(q.instance_type, q.market, q.term, q.usd, q.gpu) for q in queried} == {
+        (q.instance_type, q.market, q.term, q.usd, q.gpu) for q in bulk}  # fmt: skip
+
+
 def test_aws_spot_history_takes_the_newest_price_of_the_cheapest_zone_and_is_live():
     offer = parse_offer_file(recorded("aws_offer_ec2_us-east-1.json"), READ_AT)
     gpu_of = {q.instance_type: (q.gpu, q.gpu_count, q.gpu_memory_gb) for q in offer}

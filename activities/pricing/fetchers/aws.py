@@ -1,24 +1,26 @@
-"""AWS prices: the Price List bulk offer file (on-demand, reserved) and EC2 spot price history.
+"""AWS prices: the Price List (bulk offer file or the Query API's GetProducts) and EC2 spot price history.
 
 Formats: the offer file is `{"offerCode", "version", "publicationDate", "products": {SKU: {"attributes":
 {regionCode, instanceType, gpu, gpuMemory, ...}}}, "terms": {"OnDemand"|"Reserved": {SKU: {term: {
 "priceDimensions": {rate: {"unit": "Hrs", "pricePerUnit": {"USD": "98.32"}}}, "termAttributes": {...}}}}}}`
 (docs.aws.amazon.com/awsaccountbilling/latest/aboutv2/reading-service-price-list-file-for-services.html).
-Spot: `DescribeSpotPriceHistory` returns `SpotPriceHistory: [{AvailabilityZone, InstanceType,
-ProductDescription, SpotPrice, Timestamp}]`. The offer file is published data (scraped, ≤ 24 h); the
-spot history is live (≤ 15 min).
+GetProducts (docs.aws.amazon.com/aws-cost-management/latest/APIReference/API_pricing_GetProducts.html)
+answers `{"FormatVersion": "aws_v1", "PriceList": [JSON text of {"product", "terms": {"OnDemand": {term:
+...}}}]}`, one document per SKU. Spot: `DescribeSpotPriceHistory` returns `SpotPriceHistory:
+[{AvailabilityZone, InstanceType, ProductDescription, SpotPrice, Timestamp}]`. The price list is published
+data (scraped, ≤ 24 h); the spot history is live (≤ 15 min).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Any
 
-from activities.pricing.fetchers.base import get_json, need, register, utc_now
+from activities.pricing.fetchers.base import need, register, utc_now
 from activities.pricing.quotes import PriceError, Quote
 
-OFFER_URL = "https://pricing.us-east-1.amazonaws.com/offers/v1.0/aws/AmazonEC2/current/{region}/index.json"
 #: The offer file says how many GPUs and how much GPU memory an instance has, not which GPU: the
 #: instance family does (data, from the EC2 accelerated-computing instance pages).
 GPU_BY_FAMILY = {
@@ -147,32 +149,57 @@ def parse_spot_history(
     return quotes
 
 
+def parse_get_products(price_list: list[str], read_at: datetime, version: str = "query-api") -> list[Quote]:
+    """The Price List Query API's `GetProducts` answer (`PriceList`: one JSON document per SKU, each
+    `{"product": {...}, "terms": {"OnDemand": {...}, "Reserved": {...}}}`), read as an offer file."""
+    products, terms = {}, {"OnDemand": {}, "Reserved": {}}
+    for i, text in enumerate(price_list):
+        try:
+            item = json.loads(text) if isinstance(text, str) else text
+        except ValueError:
+            raise PriceError(f"aws-price-list: PriceList[{i}]: not JSON") from None
+        product = need(item, "product", f"aws-price-list: PriceList[{i}]")
+        sku = need(product, "sku", f"aws-price-list: PriceList[{i}].product")
+        products[sku] = product
+        for term_type in terms:
+            if sku in (item.get("terms") or {}).get(term_type, {}):
+                terms[term_type][sku] = item["terms"][term_type][sku]
+            elif item.get("terms", {}).get(term_type):
+                terms[term_type][sku] = item["terms"][term_type]
+    offer = {"offerCode": "AmazonEC2", "version": version, "products": products, "terms": terms}
+    return parse_offer_file(offer, read_at)
+
+
 @register("aws")
 class AwsFetcher:
-    """On-demand and reserved from the region's offer file, spot from DescribeSpotPriceHistory (boto3)."""
+    """On-demand and reserved from the Price List Query API (GetProducts, filtered: the region's whole
+    offer file is hundreds of MB), spot from DescribeSpotPriceHistory in the instance's region."""
 
     name = "aws"
 
-    def __init__(
-        self, region: str, instance_types: list[str], credentials: str | None = None, endpoint: str | None = None
-    ) -> None:
-        self.region, self.instance_types = region, instance_types
-        self.credentials, self.endpoint = credentials, endpoint
+    def __init__(self, region: str, instance_types: list[str], credentials: str | None = None) -> None:
+        self.region, self.instance_types, self.credentials = region, instance_types, credentials
+
+    def _client(self, service: str, region: str):
+        import boto3
+
+        session = boto3.Session(profile_name=self.credentials) if self.credentials else boto3.Session()
+        return session.client(service, region_name=region)
 
     def fetch(self, now: datetime | None = None) -> list[Quote]:
-        from activities.aws import aws_client
-
         read_at = utc_now(now)
-        listed = [
-            q
-            for q in parse_offer_file(get_json(OFFER_URL.format(region=self.region)), read_at)
-            if q.instance_type in self.instance_types
-        ]
+        pricing = self._client("pricing", "us-east-1")  # the Query API's endpoint; it prices every region
+        listed = []
+        for instance in self.instance_types:
+            filters = [{"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in (
+                ("instanceType", instance), ("regionCode", self.region), ("operatingSystem", "Linux"),
+                ("tenancy", "Shared"), ("preInstalledSw", "NA"), ("capacitystatus", "Used"))]  # fmt: skip
+            pages = pricing.get_paginator("get_products").paginate(ServiceCode="AmazonEC2", Filters=filters)
+            listed += parse_get_products([text for page in pages for text in page.get("PriceList", [])], read_at)
         gpu_of = {q.instance_type: (q.gpu, q.gpu_count, q.gpu_memory_gb) for q in listed}
-        pages = (
-            aws_client("ec2", self.endpoint, self.credentials)
-            .get_paginator("describe_spot_price_history")
-            .paginate(InstanceTypes=self.instance_types, ProductDescriptions=["Linux/UNIX"], StartTime=read_at)
+        ec2 = self._client("ec2", self.region)
+        pages = ec2.get_paginator("describe_spot_price_history").paginate(
+            InstanceTypes=self.instance_types, ProductDescriptions=["Linux/UNIX"], StartTime=read_at
         )
         rows = [row for page in pages for row in page.get("SpotPriceHistory", [])]
         return listed + parse_spot_history({"SpotPriceHistory": rows}, self.region, gpu_of, read_at)
