@@ -250,3 +250,16 @@ def test_skyshift_place_reads_a_live_price_api_beside_the_operators_file(recorde
     monkeypatch.setenv("SKYSHIFT_LAMBDA_API_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
     assert main(["place", job, "--fetch", "lambda", "--json"]) == 1
     assert "--fetch lambda: cannot read prices" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_egress_is_priced_by_tier_for_the_delta_only():
+    from activities.pricing.egress import project_egress
+
+    book = load_price_file(ROOT / "examples" / "prices" / "book.yaml")  # aws us-east-1 internet: 0.09 / 0.085 / 0.07
+    # the target already holds 95 % of a 40 TB dataset: 2 TB cross, starting at 9 TB this month
+    projection = project_egress(book, "aws", "us-east-1", "internet", bytes_to_send=2_000 * 10**9,
+                                dataset_bytes=40_000 * 10**9, month_to_date_gb=9_000)  # fmt: skip
+    assert projection.usd == pytest.approx((10_240 - 9_000) * 0.09 + (11_000 - 10_240) * 0.085)
+    assert len(projection.tiers) == 2 and "2,000,000,000,000 of 40,000,000,000,000 bytes" in projection.source
+    with pytest.raises(PriceError, match="no egress quote for aws/us-east-1 → mars"):
+        project_egress(book, "aws", "us-east-1", "mars", 1, 1)

@@ -4,7 +4,9 @@
 - `files`: the operator's YAML/CSV rate cards; `fetchers/`: AWS, GCP and Lambda price APIs
 - `effective`: (price + storage + amortized egress) ÷ measured useful throughput
 - `placement`: offers ranked by expected total cost under fit, topology, residency and deadline
-- `egress_defaults`: per-scheme egress list prices (`skyshift sync`'s fallback)
+- `egress`: tiered egress for the bytes a dry run says will cross; `egress_defaults`: per-scheme list prices
+- `offers`: a job file + the book → offers; `unit_costs`: cost per 1k inferences at measured capacity, per
+  checkpoint, data-transfer amplification
 """
 
 from activities.pricing.effective import Effective, EffectiveInputs, Factor, Sourced, effective_cost
