@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +179,19 @@ def test_the_benchmark_replays_a_preemption_as_lost_work_since_the_checkpoint_pl
     # preempted at 0.7 h: 0.2 h since the 0.5 h checkpoint is lost, 0.1 h to restart → 2.3 h
     cost, wall = realized(job, o, {"samples_per_s": 100.0, "interruptions_at_h": [0.7]})
     assert wall == pytest.approx(2.3) and cost == pytest.approx(23.0)
+
+
+def test_a_gpu_priced_alone_is_left_out_by_name_for_a_multi_gpu_job():
+    from activities.pricing import PriceBook
+    from activities.pricing.fetchers.gcp import parse_skus
+    from activities.pricing.offers import JobFile, offers_for
+
+    answer = json.loads((Path(__file__).parent / "fixtures" / "prices" / "gcp_catalog_compute_skus.json").read_text())
+    book = PriceBook.build(parse_skus(answer, NOW, {"us-central1"}))
+    job = JobFile(samples_per_epoch=1e6, min_gpus=8, data={"provider": "gcp", "region": "us-central1"},
+                  throughput={"H100-80GB": {"samples_per_s_per_gpu": 100, "source": "poc"}})  # fmt: skip
+    offers, skipped = offers_for(job, book, NOW)
+    assert offers == [] and len(skipped) == 3
+    assert all("a GPU priced alone" in line for line in skipped)
+    single, _ = offers_for(job.model_copy(update={"min_gpus": 1}), book, NOW)
+    assert {o.market for o in single} == {"on_demand", "spot", "reserved"}

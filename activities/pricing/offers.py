@@ -56,6 +56,10 @@ def offers_for(job: JobFile, book: PriceBook, now: datetime) -> tuple[list[Offer
     for quote in book.compute():
         if not quote.gpu or quote.gpu_count <= 0:
             continue
+        if (quote.instance_type or "").endswith("-gpu") and job.min_gpus > quote.gpu_count:
+            skipped.append(f"{quote.name}: a GPU priced alone (GCP's GPU SKU): a whole machine's price is needed for "
+                           f"{job.min_gpus} GPUs (add the machine type to a price file)")  # fmt: skip
+            continue
         keys = (f"{quote.provider}/{quote.region}/{quote.gpu}", f"{quote.provider}/{quote.gpu}", quote.gpu)
         rate = next((measured[k.lower()] for k in keys if k.lower() in measured), None)
         if rate is None:
