@@ -66,3 +66,25 @@ def test_skyshift_sync_refuses_a_target_outside_the_allowed_regions_before_writi
     assert (
         code == 2 and "the plan says us-east-1, its API says eu-north-1" in json.loads(capsys.readouterr().out)["error"]
     )
+
+
+def test_skyshift_sync_prices_egress_from_the_book_for_the_stores_real_regions(eu_bucket, s3_bucket, gcs_bucket,
+                                                                               tmp_path, capsys):  # fmt: skip
+    """A dry run S3 (eu-north-1, from its API) → GCS: the book's aws/eu-north-1 internet price, named on stderr."""
+    from activities.stores import open_store as store_of
+    from starters.cli import main
+
+    store_of(StoreSpec(url=f"s3://{eu_bucket}/data")).put_bytes("a.bin", b"x" * 1_000_000)
+    book = tmp_path / "book.yaml"
+    book.write_text("as_of: 2026-12-01T00:00:00Z\nvalid_until: 2099-01-01T00:00:00Z\negress:\n"
+                    "  - {provider: aws, region: eu-north-1, destination: internet, tiers: [[0, 0.5]]}\n")  # fmt: skip
+    code = main(["sync", f"s3://{eu_bucket}/data", f"gs://{gcs_bucket}/data", "--dry-run", "--prices", str(book),
+                 "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 0
+    assert out["egress_cost_usd"] == pytest.approx(out["bytes_transferred"] / 1e9 * 0.5)
+    assert "egress $0.5/GB from aws/eu-north-1/egress to internet from 0 GB" in captured.err
+    # no quote for where the source really is (us-east-1): refused by name before anything moves
+    code = main(["sync", f"s3://{s3_bucket}", f"gs://{gcs_bucket}/x", "--dry-run", "--prices", str(book), "--json"])
+    assert code == 2 and "no egress quote for aws/us-east-1" in json.loads(capsys.readouterr().out)["error"]
