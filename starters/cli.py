@@ -243,6 +243,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "starters.cmd_bench",
     "starters.cmd_checkpoint",
     "starters.cmd_failback",
+    "starters.cmd_place",
 )
 
 BY_HELP = "who is acting, for the audit log (default: $USER)"

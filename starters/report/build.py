@@ -16,6 +16,7 @@ from typing import Any
 
 from activities.metrics import EndpointSnapshot, PrometheusProvider
 from activities.validate import histogram_delta, quantile
+from starters.report.effective import effective_both
 from starters.report.history import Recorded
 from starters.report.model import (
     CheckRow,
@@ -616,6 +617,7 @@ def build_report(recorded: Recorded, state: MigrationState, now: datetime | None
     plan = recorded.plan
     prices = {"source": price_per_hour(plan.source_env), "target": price_per_hour(plan.target_env)}
     sides = {}
+    effective = effective_both(recorded, state)
     for side, env in (("source", plan.source_env), ("target", plan.target_env)):
         sides[side] = SideEconomics(
             environment=env.name,
@@ -623,6 +625,7 @@ def build_report(recorded: Recorded, state: MigrationState, now: datetime | None
             per_1k_samples=per_1k_samples(state, side, prices[side]),
             per_epoch=per_epoch(recorded, state, env, side, prices[side]),
             per_1k_inferences=per_1k_inferences(recorded, prices[side]),
+            effective=effective[side],
         )
     saved = savings(recorded, state, now)
     text, why = headline(state, saved)
