@@ -13,8 +13,10 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 from activities.analysis import Check, Verdict, verdict
-from activities.metrics import EndpointPair, MetricsProvider, ScrapeInput, ScrapeProvider, scrape_endpoints
-from activities.traffic import RouterSpec, router_for
+from activities.metrics import ScrapeInput, scrape_endpoints
+from activities.traffic import router_for
+from skyshift.spec.endpoints import EndpointPair, MetricsProvider, ScrapeProvider
+from skyshift.spec.traffic import RouterSpec
 
 
 class DrillInput(BaseModel):

@@ -13,7 +13,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
 from activities.stores import open_store
-from activities.traffic import HttpRouter, HttpRouterSpec, Weights
+from activities.traffic import HttpRouter, Weights
+from skyshift.spec.traffic import HttpRouterSpec
 from starters.cmd_failback import request_failback
 from starters.common import UsageError
 from starters.load import LoadGenerator

@@ -9,7 +9,8 @@ import urllib.request
 import pytest
 
 from activities.bench import BenchInput, run_benchmark
-from activities.traffic import HttpRouter, HttpRouterSpec, Weights
+from activities.traffic import HttpRouter, Weights
+from skyshift.spec.traffic import HttpRouterSpec
 from starters.cli import main
 from starters.load import LoadGenerator
 from workers.router import WeightedChoice

@@ -32,8 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import ValidationError
 
 from activities.shadow.mirror import ArmReply, Exchange, ExchangePage, MirrorCounters, MirrorSettings, MirrorStatus
-from activities.shadow.spec import SHADOW_HEADER, SHADOW_ID_HEADER
 from activities.traffic import Weights
+from skyshift.spec.shadow import SHADOW_HEADER, SHADOW_ID_HEADER
 
 log = logging.getLogger("skyshift.router")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}

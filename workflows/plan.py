@@ -18,9 +18,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from activities.checkpoints.kms import KeyRef
 from activities.jobs.spec import JobCostModel, JobSpec, JobTolerances
-from activities.metrics import EndpointPair, MetricsProvider, ScrapeProvider
 from activities.stores.base import StoreSpec, overlap
-from activities.traffic import RouterSpec
+from skyshift.spec.endpoints import EndpointPair, MetricsProvider, ScrapeProvider
+from skyshift.spec.traffic import RouterSpec
 
 CONTROL_TASK_QUEUE = "skyshift.control"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")

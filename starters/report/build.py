@@ -14,8 +14,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from activities.metrics import EndpointSnapshot, PrometheusProvider
+from activities.metrics import EndpointSnapshot
 from activities.validate import histogram_delta, quantile
+from skyshift.spec.endpoints import PrometheusProvider
 from starters.report.effective import effective_both
 from starters.report.history import Recorded
 from starters.report.model import (
