@@ -33,6 +33,7 @@ SYNC_V2 = "2026-11-sync-v2"
 EMPTY_SOURCE_STOPS = "2026-11-empty-source-stops"
 CHECKPOINT_REPORTS = "2026-11-checkpoint-reports"
 BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
+STAGE_VERDICTS = "2026-12-stage-verdicts"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -47,4 +48,7 @@ PATCHES: tuple[Patch, ...] = (
           "checkpoints inspected at assess (unsafe ones stop it) and judged on the target's worker in the POC"),
     Patch(BENCH_SUITE_JUDGE, "2026-11-29",
           "the POC micro-suite is judged side by side and against datasheet ceilings, with the environment matrix"),
+    Patch(STAGE_VERDICTS, "2026-12-03",
+          "cutover: the source measured for one interval before traffic moves (load-matched baselines); windows "
+          "judged with the stage's sequential test, its evidence reset per stage"),
 )  # fmt: skip

@@ -1,0 +1,108 @@
+"""Cutover windows judged over the whole stage, against a baseline at the target's load.
+
+Pure activity functions on histograms shaped like the endpoints' (no stack needed): which baseline a
+window is compared with, what rolls back at once, and what only the stage's sequential test decides.
+"""
+
+from __future__ import annotations
+
+import random
+
+from activities.metrics import LATENCY_BUCKETS, EndpointSnapshot, Histogram, SideSnapshot
+from activities.sequential import StageBudget, windows_to_decide
+from activities.validate import JudgeWindowInput, StageControl, WindowJudgement, WindowThresholds, judge_window
+
+LIMITS = WindowThresholds(latency_increase_pct=15, error_rate_increase_pp=0.1, min_samples=50)
+SECONDS = 6.0
+
+
+def latencies(n: int, median_s: float, seed: int, stall: float = 0.0) -> list[float]:
+    """Lognormal service times; `stall`: that share of the window hit by one pause (a burst of slow requests)."""
+    rng = random.Random(seed)
+    values = [median_s * rng.lognormvariate(0, 0.25) for _ in range(n)]
+    for i in range(int(n * stall)):
+        values[i] += 0.2
+    return values
+
+
+def side(values: list[float], errors: int = 0) -> SideSnapshot:
+    bounds = list(LATENCY_BUCKETS)
+    histogram = Histogram(bounds=bounds, cumulative=[sum(x <= b for x in values) for b in bounds],
+                          count=len(values), sum=sum(values))  # fmt: skip
+    return SideSnapshot(url="http://x", ok=True, requests=len(values), errors=errors, latency=histogram)
+
+
+def control(windows: int = 720, record_only: bool = False) -> StageControl:
+    budget = StageBudget(rate=0.01, planned_windows=windows, endpoints=1)
+    return StageControl(budget=budget, window_seconds=SECONDS, record_only=record_only)
+
+
+def window(source, target, before: WindowJudgement | None = None, ctl: StageControl | None = None, stage="100pct"):
+    current = [EndpointSnapshot(endpoint="chat", source=source, target=target)]
+    return judge_window(JudgeWindowInput(
+        stage=stage, previous=[], current=current, thresholds=LIMITS, control=ctl or control(),
+        evidence=before.evidence if before else {}, library=before.library if before else {},
+    ))  # fmt: skip
+
+
+def check(judgement: WindowJudgement, metric: str):
+    return next(c for c in judgement.verdict.checks if c.metric == f"chat.{metric}")
+
+
+def test_at_100_percent_the_target_is_judged_against_the_source_at_the_same_load_before_traffic_moved():
+    """The issue's false rollback: the idle source's last window was at half the load (faster); the target at
+    full load was 16% slower than *that*. Against the source's own full-load windows it is equal."""
+    full, half = 900, 450
+    before = window(side(latencies(full, 0.012, 1)), side([]), ctl=control(record_only=True))
+    at_half = window(side(latencies(half, 0.010, 2)), side(latencies(half, 0.010, 3)), before, stage="50pct")
+    at_full = window(side([]), side(latencies(full, 0.012, 4)), at_half)
+    assert at_full.verdict.outcome == "pass", at_full.verdict.summary
+    said = check(at_full, "latency").detail
+    assert "before traffic moved" in said and f"{full / SECONDS:.3g} req/s" in said
+
+
+def test_no_source_window_at_the_targets_load_is_inconclusive_never_a_comparison_at_another_load():
+    at_half = window(side(latencies(450, 0.010, 2)), side(latencies(450, 0.010, 3)), stage="50pct")
+    at_full = window(side([]), side(latencies(900, 0.012, 4)), at_half)
+    assert at_full.verdict.outcome == "inconclusive"
+    assert "no source baseline at the target's load (150 req/s" in at_full.verdict.summary
+
+
+def test_a_large_certain_regression_rolls_back_in_one_window():
+    judged = window(side(latencies(450, 0.010, 1)), side(latencies(450, 0.016, 2)), stage="50pct")
+    assert judged.verdict.outcome == "fail" and check(judged, "latency").outcome == "fail"
+    assert "concurrent source window at the same load" in judged.verdict.summary
+
+
+def test_a_stall_in_one_window_does_not_roll_back_but_the_tail_is_reported():
+    judged = window(side(latencies(450, 0.010, 1)), side(latencies(450, 0.010, 2, stall=0.1)), stage="50pct")
+    assert judged.verdict.outcome == "pass", judged.verdict.summary
+    tail = check(judged, "latency_tail")
+    assert tail.dry_run and tail.outcome == "fail"
+
+
+def test_a_fifteen_percent_slowdown_is_caught_by_the_stage_not_by_one_window():
+    judged, needed = None, windows_to_decide(control().budget.sequential_alpha)
+    outcomes = []
+    for i in range(3 * needed):
+        judged = window(side(latencies(450, 0.010, 2 * i)), side(latencies(450, 0.0115, 2 * i + 1)), judged,
+                        stage="50pct")  # fmt: skip
+        outcomes.append(judged.verdict.outcome)
+        if judged.verdict.outcome == "fail":
+            break
+    assert judged is not None and outcomes[-1] == "fail" and set(outcomes[:-1]) <= {"pass"}
+    assert needed <= len(outcomes) <= 3 * needed
+    assert check(judged, "latency").outcome == "pass"  # no single window was enough
+    assert check(judged, "stage_latency_p50").outcome == "fail"
+    assert "always valid" in check(judged, "stage_latency_p50").detail
+
+
+def test_equal_endpoints_never_roll_back_over_many_windows():
+    judged = None
+    for i in range(60):
+        source, target = (
+            latencies(300, 0.010, 2 * i, 0.05 * (i % 7 == 0)),
+            latencies(300, 0.010, 2 * i + 1, 0.05 * (i % 5 == 0)),
+        )
+        judged = window(side(source), side(target), judged, stage="50pct")
+        assert judged.verdict.outcome == "pass", judged.verdict.summary
