@@ -13,7 +13,7 @@ from typing import NamedTuple
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from activities.analysis import AnalysisRule, Check, Measurement, Outcome, Verdict, judge, verdict
+from activities.analysis import AnalysisRule, Check, Measurement, Outcome, Verdict, judge, judge_measurement, verdict
 from activities.bench import BenchResult
 from activities.metrics import EndpointSnapshot, Histogram, SideSnapshot
 from activities.sequential import SignEvidence, StageBudget, observe
@@ -25,6 +25,7 @@ from activities.stats import (
     two_proportion_greater,
 )
 from activities.training import TrainResult
+from activities.trials import slowdown_measurement
 
 #: Re-exported: workflows, state and tests import the verdict models from here.
 __all__ = ["Check", "Outcome", "Verdict", "verdict"]
@@ -129,16 +130,17 @@ def judge_benchmarks(request: CompareBenchInput) -> PocComparison:
     source_cost = _cost_per_million(request.source_price_per_hour, source)
     target_cost = _cost_per_million(request.target_price_per_hour, target)
     cost_ratio = target_cost / source_cost if source_cost else math.inf
+    # Every trial of every run: a slower target counts only beyond the allowed slowdown, the source's own
+    # spread and the overlap of the trials (activities.trials); otherwise inconclusive, never a fail.
+    trials = {side: [t.train_samples_per_s for r in results for t in r.trials] or
+              [r.median_train_samples_per_s for r in results]
+              for side, results in (("source", request.source), ("target", request.target))}  # fmt: skip
+    measured = slowdown_measurement("throughput", trials["source"], trials["target"], "samples/s")
+    measured.detail = f"target trains at {ratio:.2f}x the source's samples/s: " + measured.detail
+    rule = AnalysisRule(metric="throughput", compare="beyond_uncertainty",
+                        threshold=round(1 - request.min_throughput_ratio, 6), unit="")  # fmt: skip
     checks = [
-        Check(
-            metric="throughput",
-            outcome="pass" if ratio >= request.min_throughput_ratio else "fail",
-            source=round(source, 3),
-            target=round(target, 3),
-            observed=round(ratio, 4),
-            threshold=request.min_throughput_ratio,
-            detail=f"target trains at {ratio:.2f}x the source's samples/s (floor {request.min_throughput_ratio}x)",
-        ),
+        judge_measurement(measured, rule, 0.98),
         Check(
             metric="cost_per_unit",
             outcome="pass" if cost_ratio <= request.max_cost_ratio else "fail",
