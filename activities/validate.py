@@ -505,19 +505,20 @@ def _stage_rules(limits: WindowThresholds) -> list[AnalysisRule]:
 
 
 def _immediate_rules(limits: WindowThresholds) -> list[AnalysisRule]:
-    """One window rolls back at once only on a large (twice the effect to catch), certain regression of the
-    median or the error rate. The tail is reported per window but judged by the stage (one stall is no outage)."""
+    """One window rolls back at once only on a large, certain regression: the median (not the tail: a stall
+    moves the tail of a window, not its median) or the error rate beyond the whole effect the stage must catch,
+    at the per-window share of the stage's budget. The tail is reported per window but judged by the stage."""
     dry = set(limits.dry_run)
     return [
         AnalysisRule(metric="*.samples", compare="at_least", threshold=limits.min_samples, on_breach="inconclusive",
                      unit=" requests"),
         AnalysisRule(metric="*.baseline", compare="at_least", threshold=1, on_breach="inconclusive"),
-        AnalysisRule(metric="*.latency", compare="significant_increase", threshold=2 * limits.latency_increase_pct,
+        AnalysisRule(metric="*.latency", compare="significant_increase", threshold=limits.latency_increase_pct,
                      unit="%", dry_run="latency" in dry),
         AnalysisRule(metric="*.latency_tail", compare="significant_increase", threshold=limits.latency_increase_pct,
                      unit="%", dry_run=True),
         AnalysisRule(metric="*.error_rate", compare="significant_increase",
-                     threshold=2 * limits.error_rate_increase_pp, unit=" pp", dry_run="error_rate" in dry),
+                     threshold=limits.error_rate_increase_pp, unit=" pp", dry_run="error_rate" in dry),
     ]  # fmt: skip
 
 

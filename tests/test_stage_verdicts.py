@@ -81,11 +81,20 @@ def test_a_stall_in_one_window_does_not_roll_back_but_the_tail_is_reported():
     assert tail.dry_run and tail.outcome == "fail"
 
 
-def test_a_fifteen_percent_slowdown_is_caught_by_the_stage_not_by_one_window():
+def test_the_demos_forty_percent_regression_rolls_back_in_the_first_window_despite_coarse_buckets():
+    """8 ms of service time, 40% slower: both medians sit in 2 ms wide buckets, the measured rise is ~22%."""
+    source = [0.0082 + 0.0004 * random.Random(i).random() for i in range(150)]
+    target = [0.0082 * 1.4 + 0.0004 * random.Random(i + 999).random() for i in range(150)]
+    judged = window(side(source), side(target), ctl=control(windows=2), stage="25pct")
+    assert judged.verdict.outcome == "fail" and check(judged, "latency").outcome == "fail", judged.verdict.summary
+
+
+def test_a_smaller_slowdown_is_caught_by_the_stage_not_by_one_window():
+    """11% slower (beyond the tolerated 7.5%, within the 15% one window needs): the stage decides."""
     judged, needed = None, windows_to_decide(control().budget.sequential_alpha)
     outcomes = []
     for i in range(3 * needed):
-        judged = window(side(latencies(450, 0.010, 2 * i)), side(latencies(450, 0.0115, 2 * i + 1)), judged,
+        judged = window(side(latencies(450, 0.010, 2 * i)), side(latencies(450, 0.0111, 2 * i + 1)), judged,
                         stage="50pct")  # fmt: skip
         outcomes.append(judged.verdict.outcome)
         if judged.verdict.outcome == "fail":
@@ -93,8 +102,9 @@ def test_a_fifteen_percent_slowdown_is_caught_by_the_stage_not_by_one_window():
     assert judged is not None and outcomes[-1] == "fail" and set(outcomes[:-1]) <= {"pass"}
     assert needed <= len(outcomes) <= 3 * needed
     assert check(judged, "latency").outcome == "pass"  # no single window was enough
-    assert check(judged, "stage_latency_p50").outcome == "fail"
-    assert "always valid" in check(judged, "stage_latency_p50").detail
+    decided = [c for c in judged.verdict.checks if c.outcome == "fail"]
+    assert decided and all(c.metric.startswith("chat.stage_latency_") for c in decided)
+    assert "always valid" in decided[0].detail
 
 
 def test_equal_endpoints_never_roll_back_over_many_windows():

@@ -285,12 +285,12 @@ class Thresholds(_Model):
         ge=0,
         le=1000,
         description="The p50/p95 slowdown of target over source a cutover stage must catch (half of it is "
-        "tolerated; one window at twice it rolls back at once when certain); at most 1000 "
+        "tolerated; one window whose median is beyond it rolls back at once when certain); at most 1000 "
         "(an 11x slower target): above that latency could never fail",
     )
     error_rate_increase_pp: float = Field(
         0.1, ge=0, le=100, description="The error-rate increase a stage must catch, percentage points of a rate that "
-        "is 0-100 (half of it tolerated, twice it in one window rolls back at once)"
+        "is 0-100 (half of it tolerated; one window beyond it rolls back at once when certain)"
     )
     stage_false_rollback_rate: float = Field(
         0.01, gt=0, le=0.2, description="Cutover: the probability that a stage of equal endpoints rolls back, "
