@@ -34,6 +34,7 @@ EMPTY_SOURCE_STOPS = "2026-11-empty-source-stops"
 CHECKPOINT_REPORTS = "2026-11-checkpoint-reports"
 BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
 STAGE_VERDICTS = "2026-12-stage-verdicts"
+INTERLEAVED_TRIALS = "2026-12-interleaved-trials"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -51,4 +52,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch(STAGE_VERDICTS, "2026-12-03",
           "cutover: the source measured for one interval before traffic moves (load-matched baselines); windows "
           "judged with the stage's sequential test, its evidence reset per stage"),
+    Patch(INTERLEAVED_TRIALS, "2026-12-03",
+          "parallel run: arms interleaved (source, target, source again) and further runs a side up to "
+          "parallel_run.throughput_trials, so throughput is judged from trials, never one run"),
 )  # fmt: skip
