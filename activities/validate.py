@@ -505,9 +505,10 @@ def _stage_rules(limits: WindowThresholds) -> list[AnalysisRule]:
 
 
 def _immediate_rules(limits: WindowThresholds) -> list[AnalysisRule]:
-    """One window rolls back at once only on a large, certain regression: the median (not the tail: a stall
-    moves the tail of a window, not its median) or the error rate beyond the whole effect the stage must catch,
-    at the per-window share of the stage's budget. The tail is reported per window but judged by the stage."""
+    """One window rolls back at once only on a large, certain regression: its p25 *and* p50 (not the tail: a
+    stall moves the tail of a window, not its lower half) or the error rate beyond the whole effect the stage
+    must catch, at the per-window share of the stage's budget. The tail is reported per window but judged by
+    the stage."""
     dry = set(limits.dry_run)
     return [
         AnalysisRule(metric="*.samples", compare="at_least", threshold=limits.min_samples, on_breach="inconclusive",
@@ -579,8 +580,7 @@ def measure_endpoint_staged(
     assert base.latency is not None and target.latency is not None
     window = [*_latency_measurements(name, base.latency, target.latency, says),
               _error_measurement(name, base, target, 1 - control.budget.immediate_alpha, says)]  # fmt: skip
-    window[0] = window[0].model_copy(update={"observed": round(relative_change_pct(
-        quantile(base.latency, 0.5), quantile(target.latency, 0.5)), 2)})  # fmt: skip
+    window[0] = immediate_latency(window[0], base.latency, target.latency)
     changes = {
         "latency_p50": relative_change_pct(quantile(base.latency, 0.5), quantile(target.latency, 0.5)),
         "latency_p95": relative_change_pct(quantile(base.latency, 0.95), quantile(target.latency, 0.95)),
@@ -592,6 +592,29 @@ def measure_endpoint_staged(
         bounded = change if math.isfinite(change) else 1e9
         kept[f"{name}.{key}"] = observe(kept.get(f"{name}.{key}", SignEvidence()), bounded, margin)
     return window, stage_part(kept), kept, updated_library
+
+
+def whole_shift_pct(source: Histogram, target: Histogram) -> tuple[float, float]:
+    """(rise of the p25, rise of the p50): a window's whole distribution moved only when both did.
+
+    A stall (GC pause, noisy neighbour) delays a burst of a window's requests: it moves the upper
+    quantiles, and the median once the burst is large, but barely the p25. A slower target moves them
+    all. The Mann-Whitney p-value cannot tell them apart (a burst is not independent requests): it is
+    far too small under a stall, so the shift of the p25 is what keeps one stall from rolling back.
+    """
+    return (relative_change_pct(quantile(source, 0.25), quantile(target, 0.25)),
+            relative_change_pct(quantile(source, 0.5), quantile(target, 0.5)))  # fmt: skip
+
+
+def immediate_latency(shift: Measurement, source: Histogram, target: Histogram) -> Measurement:
+    """The window's latency judged for an immediate rollback: the smaller of the p25 and p50 rises."""
+    p25, p50 = whole_shift_pct(source, target)
+    return shift.model_copy(
+        update={
+            "observed": round(min(p25, p50), 2),
+            "detail": f"{shift.detail}; p25 {p25:+.1f}%, judged on the smaller of p25/p50",
+        }
+    )
 
 
 def judge_window_staged(request: JudgeWindowInput, control: StageControl) -> WindowJudgement:

@@ -5,8 +5,8 @@ occasional GC pauses (a pause delays every request that arrives during it, so sl
 in bursts, as they do under load), and the same small error rate. A stage is judged every minute
 (4,320 windows) exactly as `judge_window` judges it with a `StageControl`: per window the target's
 p50, p95 and error rate against the concurrent source window, the signs fed to the sequential test
-(`activities.sequential`, its rejection boundary), and the immediate rule (a large p50 rise with a
-Mann-Whitney p below the per-window share of the budget). Equal stages count false rollbacks; in
+(`activities.sequential`, its rejection boundary), and the immediate rule (a large rise of both the p25 and
+the p50 with a Mann-Whitney p below the per-window share of the budget). Equal stages count false rollbacks; in
 slowed stages the target becomes 15% slower (every request) at a random minute and the delay to
 the rollback is counted. Quantiles, Mann-Whitney and the boundary are the activity's own functions;
 `--check N` also runs N stages through `judge_window` itself and asserts the same decisions.
@@ -41,6 +41,7 @@ from activities.validate import (
     judge_window,
     quantile,
     relative_change_pct,
+    whole_shift_pct,
 )
 
 WINDOWS = 4_320  # 72 hours judged every minute
@@ -104,7 +105,7 @@ def judge_stage(source, target, budget: StageBudget, boundary: np.ndarray) -> in
         signs[0, i] = rise50 > lat_margin
         signs[1, i] = relative_change_pct(quantile(s, 0.95), quantile(t, 0.95)) > lat_margin
         signs[2, i] = (target[3][i] / target[1][i] - source[3][i] / source[1][i]) * 100 > err_margin
-        if immediate is None and rise50 > LIMITS.latency_increase_pct:
+        if immediate is None and min(whole_shift_pct(s, t)) > LIMITS.latency_increase_pct:
             p, _ = mann_whitney_greater(bin_counts(t.cumulative, t.count), bin_counts(s.cumulative, s.count))
             if p < budget.immediate_alpha:
                 immediate = i + 1

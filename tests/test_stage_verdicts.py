@@ -74,6 +74,15 @@ def test_a_large_certain_regression_rolls_back_in_one_window():
     assert "concurrent source window at the same load" in judged.verdict.summary
 
 
+def test_a_stall_that_moves_the_median_does_not_roll_back_one_window():
+    """A pause delaying a third of a window's requests: the median rises past 15% and Mann-Whitney says p < 1e-9
+    (a burst is not independent requests); the p25 barely moves, so no immediate rollback."""
+    judged = window(side(latencies(450, 0.010, 1)), side(latencies(450, 0.010, 2, stall=0.35)), stage="50pct")
+    latency = check(judged, "latency")
+    assert latency.p_value is not None and latency.p_value < 1e-9
+    assert judged.verdict.outcome == "pass", judged.verdict.summary
+
+
 def test_a_stall_in_one_window_does_not_roll_back_but_the_tail_is_reported():
     judged = window(side(latencies(450, 0.010, 1)), side(latencies(450, 0.010, 2, stall=0.1)), stage="50pct")
     assert judged.verdict.outcome == "pass", judged.verdict.summary
