@@ -5,11 +5,12 @@ occasional GC pauses (a pause delays every request that arrives during it, so sl
 in bursts, as they do under load), and the same small error rate. A stage is judged every minute
 (4,320 windows) exactly as `judge_window` judges it with a `StageControl`: per window the target's
 p50, p95 and error rate against the concurrent source window, the signs fed to the sequential test
-(`activities.sequential`, its rejection boundary), and the immediate rule (a large rise of both the p25 and
-the p50 with a Mann-Whitney p below the per-window share of the budget). Equal stages count false rollbacks; in
-slowed stages the target becomes 15% slower (every request) at a random minute and the delay to
-the rollback is counted. Quantiles, Mann-Whitney and the boundary are the activity's own functions;
-`--check N` also runs N stages through `judge_window` itself and asserts the same decisions.
+(`activities.sequential`, its rejection boundary), and the immediate rule (a rise of the p10, p25
+and p50 all beyond twice the effect, with a Mann-Whitney p below the per-window share of the
+budget). Equal stages count false rollbacks; in slowed stages the target becomes 15% slower (every
+request) at a random minute and the delay to the rollback is counted. Quantiles, Mann-Whitney and
+the boundary are the activity's own functions; `--check N` also runs N stages through
+`judge_window` itself and asserts the same decisions.
 
 (a) `--runs N` with `--demo`: the demo's judged phases (parallel run, shadow, cutover) of equal
 environments on the embedded stack with one core kept busy, N times: false rollbacks counted. Heavy
@@ -105,7 +106,7 @@ def judge_stage(source, target, budget: StageBudget, boundary: np.ndarray) -> in
         signs[0, i] = rise50 > lat_margin
         signs[1, i] = relative_change_pct(quantile(s, 0.95), quantile(t, 0.95)) > lat_margin
         signs[2, i] = (target[3][i] / target[1][i] - source[3][i] / source[1][i]) * 100 > err_margin
-        if immediate is None and min(whole_shift_pct(s, t)) > LIMITS.latency_increase_pct:
+        if immediate is None and min(whole_shift_pct(s, t)) > 2 * LIMITS.latency_increase_pct:
             p, _ = mann_whitney_greater(bin_counts(t.cumulative, t.count), bin_counts(s.cumulative, s.count))
             if p < budget.immediate_alpha:
                 immediate = i + 1

@@ -90,12 +90,20 @@ def test_a_stall_in_one_window_does_not_roll_back_but_the_tail_is_reported():
     assert tail.dry_run and tail.outcome == "fail"
 
 
-def test_the_demos_forty_percent_regression_rolls_back_in_the_first_window_despite_coarse_buckets():
-    """8 ms of service time, 40% slower: both medians sit in 2 ms wide buckets, the measured rise is ~22%."""
-    source = [0.0082 + 0.0004 * random.Random(i).random() for i in range(150)]
-    target = [0.0082 * 1.4 + 0.0004 * random.Random(i + 999).random() for i in range(150)]
-    judged = window(side(source), side(target), ctl=control(windows=2), stage="25pct")
-    assert judged.verdict.outcome == "fail" and check(judged, "latency").outcome == "fail", judged.verdict.summary
+def test_the_demos_forty_percent_regression_is_caught_within_its_25_percent_stage():
+    """8 ms of service time, 40% slower: both medians sit in 2 ms wide buckets and the measured rise is ~22%, short
+    of the 30% one window needs alone; the stage's test decides within the demo's 20 windows of 3 s."""
+    judged, outcomes = None, []
+    for i in range(20):
+        source = [0.0082 + 0.0004 * random.Random(i).random() for _ in range(110)]
+        target = [0.0082 * 1.4 + 0.0004 * random.Random(i + 999).random() for _ in range(60)]
+        judged = window(side(source), side(target), judged, ctl=control(windows=20), stage="25pct")
+        outcomes.append(judged.verdict.outcome)
+        if judged.verdict.outcome == "fail":
+            break
+    assert judged is not None and outcomes[-1] == "fail", judged.verdict.summary
+    assert len(outcomes) == windows_to_decide(control(windows=20).budget.sequential_alpha)
+    assert "heavier load" in check(judged, "latency").detail
 
 
 def test_a_smaller_slowdown_is_caught_by_the_stage_not_by_one_window():

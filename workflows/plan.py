@@ -285,7 +285,8 @@ class Thresholds(_Model):
         ge=0,
         le=1000,
         description="The p50/p95 slowdown of target over source a cutover stage must catch (half of it is "
-        "tolerated; one window whose median is beyond it rolls back at once when certain); at most 1000 "
+        "tolerated; one window whose p10, p25 and p50 are all beyond twice it rolls back at once when certain); "
+        "at most 1000 "
         "(an 11x slower target): above that latency could never fail",
     )
     error_rate_increase_pp: float = Field(
