@@ -490,17 +490,14 @@ def choose_baseline(
     return None
 
 
-def _stage_rules(limits: WindowThresholds) -> list[AnalysisRule]:
-    """Sequential: fail when more than half the counted windows were worse by more than half the effect to catch,
-    at the stage's sequential alpha (the p-value is always valid: it may be looked at every window)."""
+def _stage_rules(limits: WindowThresholds, alpha: float) -> list[AnalysisRule]:
+    """Sequential: fail when the stage's change detector says the target became worse by more than half the
+    effect to catch, at the stage's sequential alpha (activities.sequential: bounded over the planned windows)."""
     dry = set(limits.dry_run)
     return [
-        AnalysisRule(metric="*.stage_latency_p50", compare="significant_increase", threshold=50, unit="% of windows",
-                     dry_run="latency" in dry),
-        AnalysisRule(metric="*.stage_latency_p95", compare="significant_increase", threshold=50, unit="% of windows",
-                     dry_run="latency" in dry),
-        AnalysisRule(metric="*.stage_error_rate", compare="significant_increase", threshold=50, unit="% of windows",
-                     dry_run="error_rate" in dry),
+        AnalysisRule(metric=f"*.stage_{metric}", compare="at_least", threshold=alpha, dry_run=kind in dry,
+                     unit=" (stage p)")
+        for metric, kind in (("latency_p50", "latency"), ("latency_p95", "latency"), ("error_rate", "error_rate"))
     ]  # fmt: skip
 
 
@@ -524,13 +521,13 @@ def _immediate_rules(limits: WindowThresholds) -> list[AnalysisRule]:
 
 
 def _stage_measurement(name: str, metric: str, evidence: SignEvidence, margin: float, unit: str) -> Measurement:
-    share, mean = evidence.worse_share, evidence.mean_change
-    if share is None or mean is None:
+    mean = evidence.mean_change
+    if mean is None:
         return Measurement(metric=f"{name}.stage_{metric}", detail="no window counted yet in this stage")
     return Measurement(
-        metric=f"{name}.stage_{metric}", observed=round(share * 100, 2), p_value=evidence.p_value,
+        metric=f"{name}.stage_{metric}", observed=evidence.p_value, p_value=evidence.p_value,
         detail=f"{evidence.worse} of {evidence.windows} windows worse by more than {margin:g}{unit} "
-        f"(mean change {mean:+.3g}{unit}); stage p={evidence.p_value:.2g} (always valid)",
+        f"(mean change {mean:+.3g}{unit}); stage p={evidence.p_value:.2g} (Shiryaev-Roberts over the planned windows)",
     )  # fmt: skip
 
 
@@ -590,7 +587,8 @@ def measure_endpoint_staged(
     for key, change in changes.items():
         margin = keys[key][0]
         bounded = change if math.isfinite(change) else 1e9
-        kept[f"{name}.{key}"] = observe(kept.get(f"{name}.{key}", SignEvidence()), bounded, margin)
+        kept[f"{name}.{key}"] = observe(kept.get(f"{name}.{key}", SignEvidence()), bounded, margin,
+                                        control.budget.planned_windows)
     return window, stage_part(kept), kept, updated_library
 
 
@@ -632,6 +630,6 @@ def judge_window_staged(request: JudgeWindowInput, control: StageControl) -> Win
         library[current.endpoint] = levels
     subject = f"cutover:{request.stage}"
     immediate = judge(subject, window_part, _immediate_rules(limits), 1 - budget.immediate_alpha).checks
-    staged = judge(subject, stage_part, _stage_rules(limits), 1 - budget.sequential_alpha).checks
+    staged = judge(subject, stage_part, _stage_rules(limits, budget.sequential_alpha)).checks
     return WindowJudgement(verdict=verdict(subject, [*immediate, *staged]), baselines=request.baselines,
                            evidence=evidence, library=library)  # fmt: skip

@@ -5,11 +5,11 @@ occasional GC pauses (a pause delays every request that arrives during it, so sl
 in bursts, as they do under load), and the same small error rate. A stage is judged every minute
 (4,320 windows) exactly as `judge_window` judges it with a `StageControl`: per window the target's
 p50, p95 and error rate against the concurrent source window, the signs fed to the sequential test
-(`activities.sequential`, its rejection boundary), and the immediate rule (a rise of the p10, p25
+(`activities.sequential`, its Shiryaev-Roberts detector), and the immediate rule (a rise of the p10, p25
 and p50 all beyond twice the effect, with a Mann-Whitney p below the per-window share of the
 budget). Equal stages count false rollbacks; in slowed stages the target becomes 15% slower (every
 request) at a random minute and the delay to the rollback is counted. Quantiles, Mann-Whitney and
-the boundary are the activity's own functions; `--check N` also runs N stages through
+the detector are the activity's own functions; `--check N` also runs N stages through
 `judge_window` itself and asserts the same decisions.
 
 (a) `--runs N` with `--demo`: the demo's judged phases (parallel run, shadow, cutover) of equal
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from activities.metrics import LATENCY_BUCKETS, EndpointSnapshot, Histogram, SideSnapshot
-from activities.sequential import StageBudget, rejection_boundary
+from activities.sequential import SignEvidence, StageBudget, observe, windows_to_decide
 from activities.stats import bin_counts, mann_whitney_greater
 from activities.validate import (
     JudgeWindowInput,
@@ -91,33 +91,28 @@ def _histogram(side, i: int) -> Histogram:
                      sum=float(sums[i]))  # fmt: skip
 
 
-def judge_stage(source, target, budget: StageBudget, boundary: np.ndarray) -> int | None:
+def judge_stage(source, target, budget: StageBudget) -> int | None:
     """The first window (1-based) at which the stage rolls back, or None: what `judge_window` decides."""
     lat_margin, err_margin = LIMITS.latency_increase_pct / 2, LIMITS.error_rate_increase_pp / 2
-    signs = np.zeros((3, WINDOWS), dtype=bool)
-    counted = np.zeros(WINDOWS, dtype=bool)
-    immediate: int | None = None
+    evidence = [SignEvidence(), SignEvidence(), SignEvidence()]
     for i in range(WINDOWS):
         if min(source[1][i], target[1][i]) < LIMITS.min_samples:
             continue
         s, t = _histogram(source, i), _histogram(target, i)
-        counted[i] = True
-        rise50 = relative_change_pct(quantile(s, 0.5), quantile(t, 0.5))
-        signs[0, i] = rise50 > lat_margin
-        signs[1, i] = relative_change_pct(quantile(s, 0.95), quantile(t, 0.95)) > lat_margin
-        signs[2, i] = (target[3][i] / target[1][i] - source[3][i] / source[1][i]) * 100 > err_margin
-        if immediate is None and min(whole_shift_pct(s, t)) > 2 * LIMITS.latency_increase_pct:
+        changes = (
+            relative_change_pct(quantile(s, 0.5), quantile(t, 0.5)),
+            relative_change_pct(quantile(s, 0.95), quantile(t, 0.95)),
+            (target[3][i] / target[1][i] - source[3][i] / source[1][i]) * 100,
+        )
+        for k, (change, margin) in enumerate(zip(changes, (lat_margin, lat_margin, err_margin), strict=True)):
+            evidence[k] = observe(evidence[k], change, margin, budget.planned_windows)
+        if any(e.p_value < budget.sequential_alpha for e in evidence):
+            return i + 1
+        if min(whole_shift_pct(s, t)) > 2 * LIMITS.latency_increase_pct:
             p, _ = mann_whitney_greater(bin_counts(t.cumulative, t.count), bin_counts(s.cumulative, s.count))
             if p < budget.immediate_alpha:
-                immediate = i + 1
-    first = [immediate] if immediate is not None else []
-    positions = np.flatnonzero(counted)
-    for metric in range(3):
-        worse = np.cumsum(signs[metric, positions])
-        hit = np.flatnonzero(worse >= boundary[1 : len(positions) + 1])
-        if hit.size:
-            first.append(int(positions[hit[0]]) + 1)
-    return min(first, default=None)
+                return i + 1
+    return None
 
 
 def judge_stage_with_the_activity(source, target, budget: StageBudget) -> int | None:
@@ -140,20 +135,19 @@ def judge_stage_with_the_activity(source, target, budget: StageBudget) -> int | 
 def run_stages(stages: int, workload: Workload, seed: int, check: int) -> dict:
     rng = np.random.default_rng(seed)
     budget = StageBudget(rate=0.01, planned_windows=WINDOWS, endpoints=1)
-    boundary = np.array(rejection_boundary(budget.sequential_alpha, WINDOWS))
     false_alarms, caught, early, delays = 0, 0, 0, []
     started = time.monotonic()
     for k in range(stages):
         source = simulate_side(rng, workload, None, 1.0)
         target = simulate_side(rng, workload, None, 1.0)
-        fired = judge_stage(source, target, budget, boundary)
+        fired = judge_stage(source, target, budget)
         if k < check:
             assert judge_stage_with_the_activity(source, target, budget) == fired, "activity and simulation disagree"
         false_alarms += fired is not None
         inject = int(rng.integers(0, WINDOWS - 240))
         source = simulate_side(rng, workload, None, 1.0)
         target = simulate_side(rng, workload, inject, 1.15)
-        fired = judge_stage(source, target, budget, boundary)
+        fired = judge_stage(source, target, budget)
         if k < check:
             assert judge_stage_with_the_activity(source, target, budget) == fired, "activity and simulation disagree"
         if fired is not None and fired <= inject:
@@ -163,8 +157,8 @@ def run_stages(stages: int, workload: Workload, seed: int, check: int) -> dict:
             delays.append(fired - inject)
     return {
         "stages": stages, "false_alarms": false_alarms, "caught": caught, "early": early, "delays": delays,
-        "seconds": time.monotonic() - started, "windows_min": int(np.argmax(boundary[1:] <= np.arange(1, WINDOWS + 1)))
-        + 1, "alpha": budget.sequential_alpha,
+        "seconds": time.monotonic() - started, "alpha": budget.sequential_alpha,
+        "windows_min": windows_to_decide(budget.sequential_alpha, WINDOWS),
     }  # fmt: skip
 
 

@@ -102,13 +102,13 @@ def test_the_demos_forty_percent_regression_is_caught_within_its_25_percent_stag
         if judged.verdict.outcome == "fail":
             break
     assert judged is not None and outcomes[-1] == "fail", judged.verdict.summary
-    assert len(outcomes) == windows_to_decide(control(windows=20).budget.sequential_alpha)
+    assert len(outcomes) == windows_to_decide(control(windows=20).budget.sequential_alpha, 20)
     assert "heavier load" in check(judged, "latency").detail
 
 
 def test_a_smaller_slowdown_is_caught_by_the_stage_not_by_one_window():
     """11% slower (beyond the tolerated 7.5%, within the 15% one window needs): the stage decides."""
-    judged, needed = None, windows_to_decide(control().budget.sequential_alpha)
+    judged, needed = None, windows_to_decide(control().budget.sequential_alpha, 720)
     outcomes = []
     for i in range(3 * needed):
         judged = window(side(latencies(450, 0.010, 2 * i)), side(latencies(450, 0.0111, 2 * i + 1)), judged,
@@ -121,7 +121,7 @@ def test_a_smaller_slowdown_is_caught_by_the_stage_not_by_one_window():
     assert check(judged, "latency").outcome == "pass"  # no single window was enough
     decided = [c for c in judged.verdict.checks if c.outcome == "fail"]
     assert decided and all(c.metric.startswith("chat.stage_latency_") for c in decided)
-    assert "always valid" in decided[0].detail
+    assert "Shiryaev-Roberts" in decided[0].detail
 
 
 def test_equal_endpoints_never_roll_back_over_many_windows():
