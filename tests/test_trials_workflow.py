@@ -11,6 +11,7 @@ from starters.operate import start_migration
 from tests.conftest import running_workers
 from tests.helpers import approve_gates, seed, suffix
 from tests.test_lifecycle import JOB, _job_plan
+from tests.test_stage_cutover import record_history
 from workflows.migration import MigrationWorkflow
 from workflows.state import RollbackInput
 
@@ -28,6 +29,7 @@ async def test_job_runs_alternate_sides_and_throughput_is_judged_from_three_tria
         if state.outcome is None:
             await handle.signal(MigrationWorkflow.rollback, RollbackInput(reason="test done", by="test"))
         await handle.result()
+        await record_history(handle, "interleaved_trials")
     [comparison] = state.jobs
     throughput = comparison.throughput
     assert throughput is not None
