@@ -52,7 +52,9 @@ def figure(values: list[float], unit: str, basis: str, median: float | None = No
     if not finite:
         return None
     middle = statistics.median(finite) if median is None else median
-    return Figure(median=middle, low=min(finite), high=max(finite), n=len(finite), unit=unit, basis=basis)
+    # The state's median may come from a rounded figure (BenchResult's median): the range still holds it.
+    return Figure(median=middle, low=min(*finite, middle), high=max(*finite, middle), n=len(finite), unit=unit,
+                  basis=basis)  # fmt: skip
 
 
 # -- economics ------------------------------------------------------------------------------------
@@ -133,6 +135,8 @@ def windows(recorded: Recorded) -> list[tuple[datetime, float, dict, dict]]:
     scrapes = [a.closed_at for a in recorded.results("scrape_endpoints")]
     out = []
     for judged in recorded.results("judge_window"):
+        if _records_only(judged):
+            continue
         before = [t for t in scrapes if t <= judged.scheduled_at]
         seconds = (before[-1] - before[-2]).total_seconds() if len(before) >= 2 else math.nan
         out.append((judged.closed_at, seconds, judged.input, judged.result))
@@ -271,11 +275,17 @@ VERDICT_ACTIVITIES: dict[str, tuple[Callable[[Any], dict], Callable[[MigrationPl
 }  # fmt: skip
 
 
+def _records_only(record) -> bool:
+    """A judge_window call that only recorded the source's load before traffic moved: no verdict, no window."""
+    control = (record.input or {}).get("control") if isinstance(record.input, dict) else None
+    return bool(control and control.get("record_only"))
+
+
 def verdict_rows(recorded: Recorded, state: MigrationState) -> list[VerdictRow]:
     rows = []
     for record in recorded.activities:
         known = VERDICT_ACTIVITIES.get(record.activity)
-        if known is None or record.status != "completed":
+        if known is None or record.status != "completed" or _records_only(record):
             continue
         extract, describe = known
         verdict = extract(record.result)
