@@ -587,8 +587,9 @@ def measure_endpoint_staged(
     for key, change in changes.items():
         margin = keys[key][0]
         bounded = change if math.isfinite(change) else 1e9
-        kept[f"{name}.{key}"] = observe(kept.get(f"{name}.{key}", SignEvidence()), bounded, margin,
-                                        control.budget.planned_windows)
+        kept[f"{name}.{key}"] = observe(
+            kept.get(f"{name}.{key}", SignEvidence()), bounded, margin, control.budget.planned_windows
+        )
     return window, stage_part(kept), kept, updated_library
 
 
