@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
-from typing import Annotated, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from temporalio import activity
 
-from activities.shadow.spec import ShadowSpec
+from skyshift.spec.endpoints import EndpointPair, MetricsProvider, PrometheusProvider, ScrapeProvider
 
 REQUESTS = "skyshift_requests"
 ERRORS = "skyshift_request_errors"
@@ -27,48 +26,6 @@ LATENCY_BUCKETS = (
     0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020, 0.025, 0.030, 0.040,
     0.050, 0.060, 0.080, 0.100, 0.125, 0.150, 0.200, 0.300, 0.500, 0.750, 1.0, 2.0, 5.0,
 )  # fmt: skip
-
-
-class EndpointPair(BaseModel):
-    """One inference service deployed on both sides."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    source_url: str = Field(pattern=r"^https?://", description="Base URL of the source deployment (serves /metrics)")
-    target_url: str = Field(pattern=r"^https?://", description="Base URL of the target deployment (serves /metrics)")
-    source_labels: str = Field("", description='PromQL label matchers for the source, e.g. job="chat",env="aws"')
-    target_labels: str = Field("", description="PromQL label matchers for the target")
-    shadow: ShadowSpec | None = Field(None, description="Shadow inference before cutover: requests, comparator")
-
-
-class PromQueries(BaseModel):
-    """PromQL templates; `{labels}` becomes the endpoint side's label matchers."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    requests: str = "sum(skyshift_requests_total{{{labels}}})"
-    errors: str = "sum(skyshift_request_errors_total{{{labels}}})"
-    buckets: str = "sum by (le) (skyshift_request_latency_seconds_bucket{{{labels}}})"
-    count: str = "sum(skyshift_request_latency_seconds_count{{{labels}}})"
-    sum: str = "sum(skyshift_request_latency_seconds_sum{{{labels}}})"
-
-
-class ScrapeProvider(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["scrape"] = "scrape"
-
-
-class PrometheusProvider(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["prometheus"]
-    url: str = Field(pattern=r"^https?://", description="Prometheus server, e.g. http://prometheus:9090")
-    queries: PromQueries = Field(default_factory=PromQueries)
-
-
-MetricsProvider = Annotated[ScrapeProvider | PrometheusProvider, Field(discriminator="kind")]
 
 
 class Histogram(BaseModel):

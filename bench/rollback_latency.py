@@ -23,7 +23,8 @@ from pathlib import Path
 
 async def one_run(client, index: int, interval_s: int) -> tuple[float, float]:
     from activities.stores import open_store
-    from activities.traffic import HttpRouter, HttpRouterSpec
+    from activities.traffic import HttpRouter
+    from skyshift.spec.traffic import HttpRouterSpec
     from starters.devstack import free_port
     from starters.load import LoadGenerator
     from starters.operate import approve, get_status, start_migration

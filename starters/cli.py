@@ -242,6 +242,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "starters.report",
     "starters.cmd_bench",
     "starters.cmd_checkpoint",
+    "starters.cmd_failback",
+    "starters.cmd_place",
 )
 
 BY_HELP = "who is acting, for the audit log (default: $USER)"
@@ -293,9 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (SDK + skyshift)")
 
     demo = command("demo", cmd_demo, "a full migration on the embedded stack, end to end")
-    demo.add_argument("--scenario", choices=["ok", "regression", "drift"], default="ok",
+    demo.add_argument("--scenario", choices=["ok", "regression", "drift", "bad-resume"], default="ok",
                       help="ok: completes; regression: the target slows at 25%% and it rolls back; drift: the "
-                      "target's outputs drift beyond the noise and the shadow phase rolls it back")  # fmt: skip
+                      "target's outputs drift beyond the noise and the shadow phase rolls it back; bad-resume: the "
+                      "target resumes the handed-off job with its dataloader restarted, the parallel run rolls it "
+                      "back")  # fmt: skip
 
     plan = sub.add_parser("plan", help="validate a plan or print its JSON Schema",
                           description="validate a plan or print its JSON Schema")  # fmt: skip

@@ -23,11 +23,12 @@ import yaml
 from activities.stores import open_store
 from skyshift.runtime import connect, load_stack_env, state_dir
 from starters import devstack, operate, render
+from starters.cmd_failback import request_failback
 from starters.load import LoadGenerator
 from starters.processes import ProcessGroup
 from starters.seed import SHADOW_REQUESTS, demo_key, ensure_bucket, seed_source, shard_bytes
 from workflows.plan import MigrationPlan, parse_plan
-from workflows.state import MigrationState
+from workflows.state import WINDOW_GATE, FailbackInput, MigrationState
 
 SOURCE_ENV, TARGET_ENV = "aws-us-east-1", "nebius-eu-north1"
 SOURCE_URL, TARGET_URL = "s3://skyshift-demo-src/ml", "gs://skyshift-demo-dst/ml"
@@ -77,8 +78,10 @@ def demo_plan(ports: dict[str, int], key_url: str) -> dict[str, Any]:
             ],
             "jobs": [{
                 "name": "tiny-lm", "code": "jobs/tiny-lm", "uses": ["tokens-sample"], "timeout": "10m",
-                "command": ["python", "train.py", "--steps", "30", "--dataset", "tokens-sample"],
+                "command": ["python", "train.py", "--steps", "120", "--dataset", "tokens-sample"],
                 "env": {"OMP_NUM_THREADS": "1"}, "samples_per_epoch": 100_000,
+                # Resumable: the parallel run hands it off at step 60 (SIGTERM → checkpoint → resumed on the target).
+                "resume": {"grace": "60s", "every": 40},
             }],
             "endpoints": [endpoint],
             "router": {"kind": "http", "admin_url": f"http://127.0.0.1:{ports['router']}"},
@@ -112,6 +115,7 @@ class DemoOperator:
         self.plan, self.procs, self.ports, self.scenario, self.say = plan, procs, ports, scenario, say
         self.load: LoadGenerator | None = None
         self.injected = False
+        self.drill: str | None = None
 
     def deploy_target(self) -> None:
         self.say(f"deploying the model on {TARGET_ENV} from its migrated checkpoint {TARGET_URL}/{SERVED_CHECKPOINT}")
@@ -151,6 +155,13 @@ class DemoOperator:
             self.deploy_target()
         if gate.stage == "decommission":
             self.keep_training()
+        if gate.stage == WINDOW_GATE:  # the way back stays open: rehearse it once, leave the window open
+            if not state.failback.drill_requests:
+                self.say(f"the migration is done; the failback window is open until {state.failback.closes_at:%Y-%m-%d}"
+                         f": rehearsing the way back (skyshift failback {workflow_id} --drill)")  # fmt: skip
+                self.drill = await request_failback(client, workflow_id, FailbackInput(drill=True, by="skyshift-demo"))
+                self.say(f"failback drill: {self.drill}")
+            return
         await operate.approve(client, workflow_id, gate.stage, by="skyshift-demo", note="auto-approved by the demo")
 
 
@@ -165,7 +176,8 @@ async def _operate(plan: MigrationPlan, operator: DemoOperator, say) -> Migratio
 
     return await asyncio.wait_for(
         operate.follow(client, handle.id, show, interval=0.5,
-                       on_tick=lambda state: operator.act(client, handle.id, state)),
+                       on_tick=lambda state: operator.act(client, handle.id, state),
+                       until=lambda state: operator.drill is not None),
         timeout=DEADLINE_S,
     )  # fmt: skip
 
@@ -195,7 +207,11 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
 
     with ProcessGroup() as procs:
         for env in (SOURCE_ENV, TARGET_ENV):
-            procs.spawn(f"worker-{env}", "workers.main", "--env", env)
+            # bad-resume: the target's worker resumes jobs with their dataloader restarted from zero.
+            broken = {"TRAIN_RESUME_BREAK": "dataloader"} if scenario == "bad-resume" and env == TARGET_ENV else None
+            procs.spawn(f"worker-{env}", "workers.main", "--env", env, env=broken)
+        if scenario == "bad-resume":
+            say("scenario bad-resume: the target's worker resumes the job with its dataloader restarted from zero")
         procs.spawn("worker-control", "workers.main", "--control")
         procs.spawn("endpoint-source", "workers.endpoint", "--env", SOURCE_ENV, "--port", str(ports["source"]),
                     "--store", SOURCE_URL, "--checkpoint", SERVED_CHECKPOINT)  # fmt: skip
@@ -216,7 +232,9 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
 
     ui = f"{devstack.status()['ui']}/namespaces/default/workflows/{state.migration_id}"
     failed = sum(n for k, n in load.items() if not k.startswith(("ok", "backend_")))
-    expected = "completed" if scenario == "ok" else "rolled_back"
+    # A completed migration stays open in its failback window (the demo rehearsed the way back once).
+    rehearsed = (operator.drill or "").startswith("drill pass")
+    done = state.outcome == "completed" or (state.phase == "failback" and rehearsed)
     if scenario == "drift" and state.shadow:
         differing = [f for f in state.shadow[-1].fields if f.differs][:8]
         detail = "; ".join(f"{f.field}: |Δ| up to {f.target_max or 0:.4g} vs the source's own {f.floor_max or 0:.4g}"
@@ -224,7 +242,8 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
         print(f"shadow: outputs differed beyond the noise floor: {detail or state.shadow[-1].verdict.summary}",
               file=sys.stderr if json_output else sys.stdout)  # fmt: skip
     if json_output:
-        print(json.dumps({"scenario": scenario, "outcome": state.outcome, "router_weights": weights, "load": load,
+        print(json.dumps({"scenario": scenario, "outcome": state.outcome, "phase": state.phase,
+                          "drill": operator.drill, "router_weights": weights, "load": load,
                           "seconds": round(time.monotonic() - started, 1), "ui": ui,
                           "state": state.model_dump(mode="json")}))  # fmt: skip
     else:
@@ -241,7 +260,7 @@ def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
             "(`skyshift dev down` stops it)"
         )
     if scenario == "ok":
-        return 0 if state.outcome == expected else 1
+        return 0 if done else 1
     # The regression and drift scenarios succeed as demonstrations when the migration rolled itself
     # back, but the migration itself failed, and the exit code says so.
     return 1

@@ -201,8 +201,9 @@ async def follow(
     on_change: Callable[[MigrationState, MigrationState | None], None],
     interval: float = 1.0,
     on_tick: Callable[[MigrationState], object] | None = None,
+    until: Callable[[MigrationState], bool] | None = None,
 ) -> MigrationState:
-    """Poll `status` until the workflow closes, calling `on_change` whenever the state moved.
+    """Poll `status` until the workflow closes (or `until(state)`), calling `on_change` whenever the state moved.
 
     `skyshift watch` follows the history instead (starters.watch); this loop serves callers that
     act on every tick, like the demo's auto-approver.
@@ -217,6 +218,8 @@ async def follow(
             if asyncio.iscoroutine(result):
                 await result
         if state.outcome is not None and await is_closed(client, workflow_id):
+            return state
+        if until is not None and until(state):
             return state
         previous = state
         await asyncio.sleep(interval)

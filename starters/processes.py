@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -17,12 +18,17 @@ class ProcessGroup:
     def __init__(self) -> None:
         self.children: dict[str, subprocess.Popen] = {}
 
-    def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`env`: variables added to this process's own environment (a switch only that worker has)."""
         logs = state_dir() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                [sys.executable, "-m", module, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None,
             )
         self.children[name] = process
         return process

@@ -96,12 +96,32 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
             f"  decomm.:  archived {d.archived_objects} objects, verified {d.verified_objects} at target, "
             f"released {released}"
         )
+    lines += _failback_lines(state)
     lines.append(f"  egress:   {gb(state.egress_bytes)}, ${state.egress_cost_usd:.4f}")
     if state.saga.completed:
         lines.append("  undone:   " + "; ".join(state.saga.completed))
     if ui_url:
         lines.append(f"  UI:       {ui_url}")
     return "\n".join(lines)
+
+
+def _failback_lines(state: MigrationState) -> list[str]:
+    fb = state.failback
+    if fb.opened_at is None:
+        return []
+    if state.outcome is None:
+        lines = [f"  failback: the way back is open until {fb.closes_at:%Y-%m-%d %H:%M} UTC: "
+                 f"skyshift failback {state.migration_id} --reason ... (or --drill to rehearse)"]  # fmt: skip
+    else:
+        back = fb.traffic_back_s
+        closed = f"traffic back in {back:.1f}s" if back is not None else f"closed by {fb.closed_by}"
+        lines = [f"  failback: window {fb.opened_at:%Y-%m-%d %H:%M} → {fb.closes_at:%Y-%m-%d %H:%M} UTC, {closed}"]
+    if fb.passes:
+        last = fb.passes[-1]
+        lines.append(f"            reverse sync: {fb.passes_run} passes, {gb(fb.reverse_bytes)} back to the source; "
+                     f"last {last.at:%H:%M:%S} ({last.objects} objects, {last.seconds:.1f}s)")  # fmt: skip
+    lines += [f"            drill: {d.outcome}: {d.summary}" for d in fb.drills[-3:]]
+    return lines
 
 
 def _checkpoint_lines(state: MigrationState) -> list[str]:

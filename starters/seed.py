@@ -50,10 +50,9 @@ def shard_bytes(seed: int, size: int = SHARD_BYTES) -> bytes:
 
 
 def checkpoint_bytes(hidden: int, seed: int) -> bytes:
-    from workers.endpoint import INPUTS, OUTPUTS
+    from skyshift.demo_model import tiny_model
 
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(INPUTS, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, OUTPUTS))
+    model = tiny_model(seed, hidden)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()
@@ -93,7 +92,7 @@ def seed_source(url: str, cache: Path, shards: int = 16) -> dict[str, int]:
 
 
 def _seed(store: Store, cache: Path, shards: int) -> dict[str, int]:
-    from workers.endpoint import request_sample
+    from skyshift.demo_model import request_sample
 
     tokens = sum(
         _put(store, f"datasets/tokens/shard-{i:05d}.txt", partial(shard_bytes, i), cache) for i in range(shards)

@@ -170,6 +170,37 @@ def _text(result: SyncResult, payload: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def check_target_residency(target: StoreSpec, args: argparse.Namespace) -> None:
+    """Ask the target's API where it is before anything is written: outside the allowed regions is exit 2."""
+    from activities.residency import check_residency
+    from activities.stores import StoreError
+
+    allowed = [r.strip() for r in (args.allowed_regions or "").split(",") if r.strip()]
+    try:
+        check = check_residency(target, allowed, args.target_region)
+    except StoreError as error:
+        raise UsageError(f"--allowed-regions: cannot read where the target is: {error}") from None
+    if not check.ok:
+        raise UsageError(f"residency: {check.detail}; nothing was copied")
+
+
+def egress_from_book(source: StoreSpec, target: StoreSpec, files: list[str]) -> float:
+    """The egress price from the operator's price files, where the stores' APIs say they are; said on stderr."""
+    from activities.pricing import PriceBook, PriceError, load_price_file
+    from activities.pricing.store_egress import egress_between
+    from activities.stores import StoreError
+
+    try:
+        book = PriceBook()
+        for path in files:
+            book = book.merged(load_price_file(path))
+        price = egress_between(book, source, target)
+    except (PriceError, StoreError) as error:
+        raise UsageError(str(error)) from None
+    print(f"egress ${price.usd_per_gb:g}/GB from {price.source}", file=sys.stderr)
+    return price.usd_per_gb
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     specs = []
     for name, url in (("SRC", args.src), ("DST", args.dst)):
@@ -184,7 +215,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     max_delete, max_delete_percent = parse_max_delete(args.max_delete)
     if (args.max_delete or args.force) and not args.delete:
         raise UsageError("--max-delete and --force only apply with --delete")
+    if args.allowed_regions or args.target_region:
+        check_target_residency(target, args)
     egress = default_egress_price(source.url) if args.egress_price is None else args.egress_price
+    if args.prices and args.egress_price is None:
+        egress = egress_from_book(source, target, args.prices)
     request = SyncInput(source=source, target=target, source_queue="", target_queue="", delete=args.delete,
                         dry_run=args.dry_run, egress_per_gb_usd=egress, window=args.window, max_delete=max_delete,
                         max_delete_percent=max_delete_percent, force_delete=args.force)  # fmt: skip
@@ -233,6 +268,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                       help="with --delete: refuse to delete more than LIMIT objects (500) or share of the target "
                       "(25%%); default 10%%")  # fmt: skip
     sync.add_argument("--force", action="store_true", help="with --delete: delete beyond the --max-delete bound")
+    sync.add_argument("--allowed-regions", metavar="R1,R2",
+                      help="refuse unless the target's API says it is in one of these regions (S3 GetBucketLocation, "
+                      "the GCS bucket's location)")  # fmt: skip
+    sync.add_argument("--target-region", metavar="REGION",
+                      help="refuse unless the target's API says it is in exactly this region (the plan's)")  # fmt: skip
+    sync.add_argument("--prices", action="append", metavar="FILE",
+                      help="price egress from these price files for the stores' real regions")  # fmt: skip
     sync.add_argument("--egress-price", type=float, help="USD per GB leaving the source (default: provider list price)")
     sync.add_argument("--window", type=int, default=4, help="key ranges applied at once (default 4)")
     sync.add_argument("--abandon-after", type=int, default=120, metavar="SECONDS",

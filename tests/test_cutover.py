@@ -8,7 +8,8 @@ import time
 import boto3
 import pytest
 
-from activities.traffic import HttpRouter, HttpRouterSpec, Route53Router, Route53RouterSpec, Weights
+from activities.traffic import HttpRouter, Route53Router, Weights
+from skyshift.spec.traffic import HttpRouterSpec, Route53RouterSpec
 from starters.load import LoadGenerator
 from starters.operate import start_migration
 from tests.conftest import ServingPair, running_workers

@@ -20,7 +20,8 @@ import pytest
 
 from activities.checkpoints.kms import create_key_file
 from activities.stores import open_store
-from activities.traffic import HttpRouter, HttpRouterSpec, Weights
+from activities.traffic import HttpRouter, Weights
+from skyshift.spec.traffic import HttpRouterSpec
 from starters.operate import start_migration
 from tests.checkpoint_files import evil_checkpoint, model_state, save
 from tests.conftest import ServingPair, free_port, running_workers
@@ -103,7 +104,7 @@ def _serving_with_target(perturb: float) -> ServingPair:
 
 @pytest.mark.parametrize(("perturb", "outcome"), [(0.0, "pass"), (0.02, "fail")])
 async def test_the_shadow_phase_judges_outputs_before_any_traffic_moves(perturb, outcome, client, tmp_path):
-    from workers.endpoint import request_sample
+    from skyshift.demo_model import request_sample
 
     source, target = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
     seed(source)

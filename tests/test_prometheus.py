@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from activities.metrics import EndpointPair, PrometheusProvider, ScrapeInput, scrape, scrape_endpoints
+from activities.metrics import ScrapeInput, scrape, scrape_endpoints
+from skyshift.spec.endpoints import EndpointPair, PrometheusProvider
 from starters.load import LoadGenerator
 from tests.conftest import ServingPair, free_port
 
@@ -59,7 +60,8 @@ def pair(serving: ServingPair) -> EndpointPair:
 
 def test_prometheus_provider_agrees_with_the_endpoints_own_counters(serving, prometheus):
     load = LoadGenerator(serving.url("router"), rate=100, max_seconds=60).start()
-    from activities.traffic import HttpRouter, HttpRouterSpec, Weights
+    from activities.traffic import HttpRouter, Weights
+    from skyshift.spec.traffic import HttpRouterSpec
 
     HttpRouter(HttpRouterSpec(admin_url=serving.url("router"))).set_weights(Weights(source=50, target=50))
     time.sleep(4)
@@ -82,7 +84,7 @@ def test_an_unreachable_prometheus_is_an_error_snapshot_not_a_crash(serving):
 
 
 def test_a_bad_query_in_the_plan_is_reported(serving, prometheus):
-    from activities.metrics import PromQueries
+    from skyshift.spec.endpoints import PromQueries
 
     provider = PrometheusProvider(kind="prometheus", url=prometheus, queries=PromQueries(requests="sum(("))
     [snapshot] = scrape_endpoints(ScrapeInput(endpoints=[pair(serving)], provider=provider))

@@ -251,3 +251,28 @@ def test_the_operators_job_gives_curves_by_reference_cost_per_epoch_and_converge
     tampered = build_report(recorded, state)
     assert "target" not in {c.arm for c in tampered.series.loss_curves if c.job == "toy"}
     assert any("changed since it was recorded" in note for note in tampered.series.notes)
+
+
+def test_effective_cost_per_gpu_hour_is_shown_with_every_inputs_source_and_age(reports):
+    """(price + storage + amortized egress) ÷ measured throughput, both sides in the source's GPU-hours."""
+    recorded, state, report, page = reports["demo_ok"]
+    source, target = report.executive.source.effective, report.executive.target.effective
+    assert source is not None and target is not None
+    assert target.reference_samples_per_gpu_s == source.reference_samples_per_gpu_s
+    job = state.poc.job_bench
+    measured = job.target.per_s.median if job else None
+    if measured:
+        assert target.useful_samples_per_s == pytest.approx(measured)
+    per_hour = recorded.plan.target_env.compute.price_per_gpu_hour * recorded.plan.target_env.compute.gpu_count
+    amortized = state.egress_cost_usd / 730
+    assert target.usd_per_hour == pytest.approx(per_hour + amortized)
+    assert target.effective_usd_per_gpu_hour == pytest.approx(
+        target.usd_per_hour / (target.useful_samples_per_s * 3600) * source.reference_samples_per_gpu_s * 3600
+    )
+    for side in (source, target):
+        assert side.inputs["price_per_hour"].startswith(
+            f"{side.usd_per_hour - (amortized if side is target else 0):,.6g}"
+        )
+        assert "from plan 'demo-llm'" in side.inputs["price_per_hour"] and " old" in side.inputs["price_per_hour"]
+        assert " old" in side.inputs["throughput"]
+    assert "Effective cost per GPU-hour" in page and str(escape(source.inputs["throughput"])) in page

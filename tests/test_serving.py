@@ -9,7 +9,8 @@ import urllib.request
 import pytest
 
 from activities.bench import BenchInput, run_benchmark
-from activities.traffic import HttpRouter, HttpRouterSpec, Weights
+from activities.traffic import HttpRouter, Weights
+from skyshift.spec.traffic import HttpRouterSpec
 from starters.cli import main
 from starters.load import LoadGenerator
 from workers.router import WeightedChoice
@@ -76,3 +77,10 @@ def test_the_endpoint_never_runs_a_checkpoints_pickle(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=r"model\.pt"):
         load_model(f"file://{tmp_path}/store", "model.pt")
     assert not marker.exists()
+
+
+def test_endpoint_and_router_answer_without_nagle_delays(serving):
+    """A keep-alive client's delayed ACK would add ~40 ms to every answer sent as headers then body:
+    latency verdicts would judge the TCP stack, not the model. Both servers turn Nagle off."""
+    for server in [*serving.servers, serving.router]:
+        assert server.RequestHandlerClass.disable_nagle_algorithm is True

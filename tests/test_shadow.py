@@ -23,7 +23,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
-from activities.metrics import EndpointPair
 from activities.shadow import ShadowSpec
 from activities.shadow.compare import STRUCTURAL, compare, levenshtein
 from activities.shadow.judge import (
@@ -43,7 +42,9 @@ from activities.shadow.runner import (
     set_mirror,
 )
 from activities.stores import StoreSpec, open_store
-from activities.traffic import HttpRouterSpec, Route53RouterSpec
+from skyshift import demo_model
+from skyshift.spec.endpoints import EndpointPair
+from skyshift.spec.traffic import HttpRouterSpec, Route53RouterSpec
 from starters.load import LoadGenerator
 from tests.conftest import free_port
 from workers import endpoint
@@ -94,7 +95,7 @@ def sample_store(source_bucket: str) -> Callable[[int], StoreSpec]:
 
     def make(count: int) -> StoreSpec:
         store = StoreSpec(url=f"s3://{source_bucket}/ml")
-        open_store(store).put_bytes("shadow/requests.jsonl", endpoint.request_sample(count, seed=7))
+        open_store(store).put_bytes("shadow/requests.jsonl", demo_model.request_sample(count, seed=7))
         return store
 
     return make
@@ -385,7 +386,7 @@ def test_a_hanging_mirror_target_never_fails_or_holds_up_clients(deploy):
 def test_mirrored_live_traffic_is_compared_and_never_reaches_clients(deploy):
     source, target = deploy("source"), deploy("target")
     _, server, url = router_in_thread(source, target)
-    bodies = endpoint.request_sample(40, seed=3).splitlines()
+    bodies = demo_model.request_sample(40, seed=3).splitlines()
     load = LoadGenerator(url, rate=200, threads=4, max_seconds=60, bodies=bodies).start()
     try:
         result = shadow(source, target, router=url, requests=None, mirror_percent=50, min_requests=40)

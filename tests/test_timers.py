@@ -10,7 +10,8 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.traffic import HttpRouter, HttpRouterSpec, Weights
+from activities.traffic import HttpRouter, Weights
+from skyshift.spec.traffic import HttpRouterSpec
 from starters.operate import start_migration
 from tests.conftest import ServingPair, running_workers, temporal_cli
 from tests.helpers import approve_gates, make_plan, seed, suffix

@@ -66,8 +66,12 @@ def test_every_compensation_resolves_to_an_activity_a_worker_serves():
 
 def test_the_lifecycle_runs_the_phases_status_names_in_order(tmp_path):
     plan = make_plan(suffix(), f"file://{tmp_path}/a", f"file://{tmp_path}/b")
-    names = [name for name, _ in MigrationWorkflow.lifecycle(_Host(plan))]
-    assert names == [p for p in PHASES if p in names] and "shadow" not in names, "shadow runs only when configured"
+    host = _Host(plan)
+    phases = MigrationWorkflow.lifecycle(host)
+    assert [p.name for p in phases] == list(PHASES)
+    entered = [p.name for p in phases if p.applies(host.ctx)]
+    assert "shadow" not in entered, "shadow runs only when configured"
+    assert "failback" not in entered, "the failback window opens only once decommission has opened it"
 
 
 class _Host(MigrationWorkflow):

@@ -9,8 +9,10 @@ from activities.checkpoints.compat import checkpoint_compatibility
 from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
 from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
-from activities.jobs import compare_job_arms, judge_job_bench, record_code_root, run_job
+from activities.failback import failback_drill
+from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, record_code_root, run_job
 from activities.metrics import scrape_endpoints
+from activities.preemption.watch import acknowledge_preemption, watch_preemption
 from activities.shadow.runner import run_shadow, set_mirror
 from activities.traffic import route_traffic
 from activities.training import train_seeded
@@ -52,6 +54,8 @@ ENVIRONMENT_ACTIVITIES = [
     seal_checkpoint,
     open_sealed,
     remove_sealed,
+    watch_preemption,
+    acknowledge_preemption,
 ]
 #: Analysis, reports and traffic changes: anywhere with a view of both sides.
 CONTROL_ACTIVITIES = [
@@ -64,7 +68,9 @@ CONTROL_ACTIVITIES = [
     judge_bench_activity,
     compare_job_arms,
     judge_job_bench,
+    judge_handoff,
     run_shadow,
     set_mirror,
+    failback_drill,
 ]
 CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow]

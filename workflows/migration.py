@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.phases.context import MigrationContext, RollbackRequested, StopMigration
     from workflows.phases.cutover import cutover
     from workflows.phases.decommission import decommission
+    from workflows.phases.failback import FailedBack, failback
     from workflows.phases.parallel_run import parallel_run
     from workflows.phases.poc import poc
     from workflows.phases.shadow import shadow, shadowed
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         SA_OUTCOME,
         SA_TRAFFIC,
         ApproveInput,
+        FailbackInput,
         MigrationInput,
         MigrationState,
         OperatorInput,
@@ -42,7 +44,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.versions import COMPENSATE_EVERY_EXIT, INTERRUPT_LONG_WORK
 
-Phase = Callable[[MigrationContext], Awaitable[None]]
+
+class Phase(NamedTuple):
+    name: str
+    work: Callable[[MigrationContext], Awaitable[None]]
+    #: Asked when the phase's turn comes: a phase with nothing to do is not entered at all (no phase
+    #: change in history or the UI).
+    applies: Callable[[MigrationContext], bool] = lambda ctx: True
 
 
 def failure_reason(error: BaseException) -> str:
@@ -83,18 +91,17 @@ class MigrationWorkflow:
     def state(self) -> MigrationState:
         return self.ctx.state
 
-    def lifecycle(self) -> list[tuple[str, Phase]]:
+    def lifecycle(self) -> list[Phase]:
         """The phases, in order: DESIGN §3's table as code."""
-        phases: list[tuple[str, Phase]] = [
-            ("assess", assess),
-            ("poc", poc),
-            ("parallel_run", parallel_run),
-            ("shadow", shadow),
-            ("cutover", cutover),
-            ("decommission", decommission),
+        return [
+            Phase("assess", assess),
+            Phase("poc", poc),
+            Phase("parallel_run", parallel_run),
+            Phase("shadow", shadow, applies=lambda ctx: bool(shadowed(ctx))),
+            Phase("cutover", cutover),
+            Phase("decommission", decommission),
+            Phase("failback", failback, applies=lambda ctx: ctx.state.failback.closes_at is not None),
         ]
-        # A phase with nothing to do is not entered at all (no phase change in history or the UI).
-        return [(name, work) for name, work in phases if name != "shadow" or shadowed(self.ctx)]
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -104,8 +111,8 @@ class MigrationWorkflow:
         if request.resume is None:
             ctx.audit("skyshift", "started", f"plan {self.plan.name}: {self.plan.source} → {self.plan.target}")
         try:
-            for phase, work in self.lifecycle():
-                if phase in self.state.completed_phases:
+            for phase, work, applies in self.lifecycle():
+                if phase in self.state.completed_phases or not applies(ctx):
                     continue
                 ctx.set_phase(phase)
                 await ctx.checkpoint()
@@ -118,6 +125,8 @@ class MigrationWorkflow:
             await self._undo("rolled_back", f"{request_.reason} (by {request_.by})" if request_ else "rollback")
         except StopMigration as stop:
             await self._undo("stopped", str(stop))
+        except FailedBack as back:
+            self._finish("failed_back", str(back))  # no undo: the target keeps its data for another attempt
         except asyncio.CancelledError:
             await self._undo("cancelled", "workflow cancelled")
             raise
@@ -216,6 +225,9 @@ class MigrationWorkflow:
             raise ValueError("reason: say why the migration is rolled back")
 
     def _rollback_refusal(self) -> str | None:
+        if self.state.phase == "failback" and self.state.outcome is None:
+            return (f"the migration has completed; until {self.state.failback.closes_at:%Y-%m-%d %H:%M} UTC the way "
+                    f"back is `skyshift failback {self.state.migration_id} --reason ...`")  # fmt: skip
         if self.state.outcome is not None:
             return f"the migration already ended ({self.state.outcome})"
         if self.state.point_of_no_return:
@@ -254,6 +266,41 @@ class MigrationWorkflow:
     def _require_cutover_stage(self, action: str) -> None:
         if self.state.phase != "cutover" or self.state.outcome is not None:
             raise ValueError(f"{action} applies during cutover; the migration is in {self.state.phase}")
+
+    @workflow.update
+    async def failback(self, request: FailbackInput) -> str:
+        """In the failback window: send traffic back to the source (answered once it is there), or rehearse it."""
+        fb = self.state.failback
+        if request.drill:
+            fb.drill_requests += 1
+            wanted = fb.drill_requests
+            self.ctx.audit(request.by, "failback_drill_requested", request.reason)
+            await workflow.wait_condition(lambda: fb.drills_done >= wanted or self.state.outcome is not None)
+            drill = fb.drills[-1] if fb.drills_done >= wanted and fb.drills else None
+            return f"drill {drill.outcome}: {drill.summary}" if drill else f"no drill: {self.state.outcome_reason}"
+        fb.request, fb.requested_at = request, workflow.now()
+        self.ctx.audit(request.by, "failback_requested", request.reason)
+        self.ctx.show_details()
+        await workflow.wait_condition(lambda: fb.traffic_back_s is not None or self.state.outcome is not None)
+        if fb.traffic_back_s is None:
+            return f"failback did not complete: {self.state.outcome_reason}"
+        return f"traffic back on {self.plan.source} in {fb.traffic_back_s:.1f}s"
+
+    @failback.validator
+    def _validate_failback(self, request: FailbackInput) -> None:
+        fb = self.state.failback
+        if self.state.phase != "failback" or self.state.outcome is not None:
+            if fb.closes_at is not None and self.state.outcome is not None:
+                raise ValueError(
+                    f"the failback window closed at {fb.closes_at:%Y-%m-%d %H:%M} UTC "
+                    f"({self.state.outcome}): there is no way back to {self.plan.source} any more"
+                )
+            raise ValueError(f"failback applies in the window after the final sync; the migration is in "
+                             f"{self.state.phase}: before completion use `skyshift rollback`")  # fmt: skip
+        if fb.request is not None:
+            raise ValueError(f"a failback is already under way (requested by {fb.request.by})")
+        if not request.drill and not request.reason.strip():
+            raise ValueError("reason: say why traffic goes back to the source")
 
     @workflow.signal
     def pause(self, request: OperatorInput) -> None:

@@ -18,9 +18,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from activities.checkpoints.kms import KeyRef
 from activities.jobs.spec import JobCostModel, JobSpec, JobTolerances
-from activities.metrics import EndpointPair, MetricsProvider, ScrapeProvider
 from activities.stores.base import StoreSpec, overlap
-from activities.traffic import RouterSpec
+from skyshift.spec.endpoints import EndpointPair, MetricsProvider, ScrapeProvider
+from skyshift.spec.traffic import RouterSpec
 
 CONTROL_TASK_QUEUE = "skyshift.control"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -93,6 +93,8 @@ Duration = duration_between(timedelta(0))
 #: Each monitor window is a scrape activity and a timer in history: under a second would flood it;
 #: over a day would leave a whole stage unjudged.
 MonitorInterval = duration_between(timedelta(seconds=1), timedelta(days=1))
+#: Each reverse-sync pass is a child workflow in history: at least a second apart, at most a day.
+FailbackInterval = duration_between(timedelta(seconds=1), timedelta(days=1))
 
 
 def shown(value: Any, width: int = 80) -> str:
@@ -198,11 +200,23 @@ class Environment(_Model):
     allowed_data_regions: list[str] = Field(
         default_factory=list, description="Regions this environment's data may move to; empty allows any"
     )
+    preemption: Literal["aws", "gcp", "azure", "k8s-label", "none"] = Field(
+        "none",
+        description="Where this environment's worker reads preemption notices: AWS IMDSv2, GCP metadata, Azure "
+        "Scheduled Events, a Kubernetes node label (CoreWeave-style), or none",
+    )
+    preemption_address: str | None = Field(
+        None,
+        description="The metadata service's (or API server's) base URL, e.g. http://127.0.0.1:8169; "
+        "default: the provider's own (SKYSHIFT_PREEMPTION_ADDRESS on the worker overrides that default)",
+    )
 
     @model_validator(mode="after")
     def _check_endpoint(self) -> Environment:
         if self.storage.endpoint is not None and (problem := http_url_problem(self.storage.endpoint)):
             raise FieldError(("storage", "endpoint"), problem)
+        if self.preemption_address is not None and (problem := http_url_problem(self.preemption_address)):
+            raise FieldError(("preemption_address",), problem)
         return self
 
     @property
@@ -429,7 +443,22 @@ class ParallelRunSpec(_Model):
 
 
 class DecommissionSpec(_Model):
-    delete_source: bool = Field(False, description="Delete the source copies after archiving (irreversible)")
+    delete_source: bool = Field(
+        False, description="Delete the source copies once the failback window has closed (irreversible)"
+    )
+    failback_window: Duration = Field(
+        timedelta(days=30),
+        description="After the final sync the migration stays open this long: `skyshift failback` routes traffic "
+        "back to the source, `--drill` rehearses it; the source is released only when it closes (0s: at once)",
+    )
+    reverse_sync: list[RelativePath] = Field(
+        default_factory=list,
+        description="Paths the target writes (checkpoints, job outputs) delta-synced back to the source during the "
+        "failback window, so failing back loses at most one interval; never a path a workload moves",
+    )
+    reverse_every: FailbackInterval = Field(
+        timedelta(minutes=15), description="How often the reverse sync runs in the failback window (the RPO bound)"
+    )
 
 
 class MigrationPlan(_Model):
@@ -464,8 +493,22 @@ class MigrationPlan(_Model):
         jobs = [j.name for j in self.workloads.jobs]
         if self.bench.job is not None and self.bench.job not in jobs:
             raise FieldError(("bench", "job"), f"'{self.bench.job}' is not one of workloads.jobs ({', '.join(jobs)})")
+        for index, job in enumerate(self.workloads.jobs):
+            for unknown in [f for f in job.fallback if f not in names]:
+                raise FieldError(("workloads", "jobs", index, "fallback"),
+                                 f"'{unknown}' is not one of the environments ({', '.join(names)})")  # fmt: skip
         if (why := overlap(self.source_env.storage, self.target_env.storage, resolve=False)) is not None:
             raise FieldError(("environments",), f"the source and target storage overlap ({why})")
+        moved = [(d.name, d.path) for d in self.workloads.datasets] + [
+            (c.name, c.path) for c in self.workloads.checkpoints
+        ]
+        moved += [(j.name, j.code) for j in self.workloads.jobs]
+        for index, path in enumerate(self.decommission.reverse_sync):
+            for name, workload in moved:
+                if path == workload or path.startswith(workload + "/") or workload.startswith(path + "/"):
+                    raise FieldError(("decommission", "reverse_sync", index),
+                                     f"'{path}' overlaps workload '{name}' ({workload}): the reverse sync writes to "
+                                     "the source, so it may only carry what the target produced")  # fmt: skip
         return self
 
     def environment(self, name: str) -> Environment:

@@ -27,12 +27,19 @@ with workflow.unsafe.imports_passed_through():
     from activities.validate import LoadBaseline, PocComparison, SideWindow, Verdict
 
 #: The lifecycle, in order (MigrationWorkflow.lifecycle() runs these); `status` shows the same words.
-#: `shadow` runs only when an endpoint has a `shadow` section.
-PHASES = ("assess", "poc", "parallel_run", "shadow", "cutover", "decommission")
+#: `shadow` runs only when an endpoint has a `shadow` section; `failback` (the window after the final
+#: sync in which the way back stays open) only when the plan's `decommission.failback_window` is not 0.
+PHASES = ("assess", "poc", "parallel_run", "shadow", "cutover", "decommission", "failback")
 #: The phase list of workers that counted phases by index (`next_phase`), to resume their state.
 LEGACY_PHASES = ("assess", "poc", "parallel_run", "cutover", "decommission")
-Phase = Literal["pending", "assess", "poc", "parallel_run", "shadow", "cutover", "decommission", "rolling_back", "done"]
-Outcome = Literal["completed", "rolled_back", "stopped", "cancelled", "failed"]
+Phase = Literal[
+    "pending", "assess", "poc", "parallel_run", "shadow", "cutover", "decommission", "failback", "rolling_back", "done"
+]
+#: `failed_back`: after completion, an operator sent traffic (and work) back to the source in the window.
+Outcome = Literal["completed", "rolled_back", "stopped", "cancelled", "failed", "failed_back"]
+
+#: The gate of the failback window: approving it closes the window early (and releases the source if the plan says so).
+WINDOW_GATE = "failback-window"
 
 SA_PHASE = SearchAttributeKey.for_keyword("SkyshiftPhase")
 SA_TRAFFIC = SearchAttributeKey.for_int("SkyshiftTrafficPercent")
@@ -57,6 +64,12 @@ class RollbackInput(BaseModel):
 class OperatorInput(BaseModel):
     by: str = "operator"
     note: str = ""
+
+
+class FailbackInput(BaseModel):
+    reason: str = ""
+    by: str = "operator"
+    drill: bool = Field(False, description="Rehearse: check the way back works, move nothing")
 
 
 class AuditEntry(BaseModel):
@@ -109,6 +122,31 @@ class DecommissionResult(BaseModel):
     released: list[ReleaseResult] = Field(default_factory=list)
 
 
+class ReversePass(BaseModel):
+    """One pass of the reverse sync (target → source) in the failback window."""
+
+    at: datetime
+    bytes_sent: int = 0
+    objects: int = 0
+    seconds: float = 0
+    rpo_s: float = Field(0, description="Age of the newest target data not yet at the source when the pass ended")
+
+
+class FailbackState(BaseModel):
+    opened_at: datetime | None = None
+    closes_at: datetime | None = Field(None, description="When the way back closes and the source may be released")
+    request: FailbackInput | None = Field(None, description="The failback an operator asked for")
+    requested_at: datetime | None = None
+    drill_requests: int = 0
+    drills_done: int = 0
+    drills: list[Verdict] = Field(default_factory=list, description="Rehearsals, newest last")
+    passes: list[ReversePass] = Field(default_factory=list, description="Reverse sync passes (newest 20)")
+    passes_run: int = 0
+    reverse_bytes: int = 0
+    traffic_back_s: float | None = Field(None, description="Failback request → 100% of traffic on the source")
+    closed_by: str | None = Field(None, description="'timer', or who approved closing it early")
+
+
 class MigrationState(BaseModel):
     migration_id: str
     plan_name: str
@@ -128,6 +166,7 @@ class MigrationState(BaseModel):
     shadow: list[ShadowResult] = Field(default_factory=list, description="Shadow phase: each endpoint's comparison")
     cutover: CutoverProgress = Field(default_factory=CutoverProgress)
     decommission: DecommissionResult = Field(default_factory=DecommissionResult)
+    failback: FailbackState = Field(default_factory=FailbackState)
     verdicts: list[Verdict] = Field(default_factory=list)
     egress_bytes: int = 0
     egress_cost_usd: float = 0

@@ -33,6 +33,9 @@ SYNC_V2 = "2026-11-sync-v2"
 EMPTY_SOURCE_STOPS = "2026-11-empty-source-stops"
 CHECKPOINT_REPORTS = "2026-11-checkpoint-reports"
 BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
+FAILBACK_WINDOW = "2026-12-failback-window"
+MONITORED_SOAK = "2026-12-monitored-soak"
+HANDOFF_ARM = "2026-12-handoff-arm"
 STAGE_VERDICTS = "2026-12-stage-verdicts"
 INTERLEAVED_TRIALS = "2026-12-interleaved-trials"
 
@@ -49,6 +52,14 @@ PATCHES: tuple[Patch, ...] = (
           "checkpoints inspected at assess (unsafe ones stop it) and judged on the target's worker in the POC"),
     Patch(BENCH_SUITE_JUDGE, "2026-11-29",
           "the POC micro-suite is judged side by side and against datasheet ceilings, with the environment matrix"),
+    Patch(FAILBACK_WINDOW, "2026-12-03",
+          "after the final sync the migration stays open in a failback window (reverse sync, failback, drills); "
+          "the source is released only when it closes"),
+    Patch(MONITORED_SOAK, "2026-12-03",
+          "the soak before decommission judges the endpoints every interval like a cutover stage; a breach rolls back"),
+    Patch(HANDOFF_ARM, "2026-12-03",
+          "a resumable job (plan resume:) gets a fourth arm in the parallel run: SIGTERM on the source, its "
+          "checkpoint delta-synced, resumed on the target, judged for continuity against the uninterrupted source"),
     Patch(STAGE_VERDICTS, "2026-12-03",
           "cutover: the source measured for one interval before traffic moves (load-matched baselines); windows "
           "judged with the stage's sequential test, its evidence reset per stage"),

@@ -323,7 +323,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def _arm_measurement(name: str, arm: JobResult) -> Measurement:
+def arm_measurement(name: str, arm: JobResult) -> Measurement:
     detail = f"{name.replace('_', ' ')} on {arm.environment}: {arm.status}, {arm.detail}"
     if arm.stderr_tail:
         detail += "; stderr: " + " | ".join(arm.stderr_tail[-5:])
@@ -342,7 +342,7 @@ def compare_arms(request: CompareJobArmsInput) -> JobComparison:
         )
         for name, arm in arms.items()
     ]  # fmt: skip
-    measurements = [_arm_measurement(name, arm) for name, arm in arms.items()]
+    measurements = [arm_measurement(name, arm) for name, arm in arms.items()]
     roots = {arm.code_root for arm in arms.values()}
     measurements.append(
         Measurement(metric="code", observed=len(roots) - 1,
@@ -362,10 +362,10 @@ def compare_arms(request: CompareJobArmsInput) -> JobComparison:
     else:
         tensor_rows = []
     judged = judge(f"parallel_run:{request.job}", measurements, rules)
-    return _summarize(comparison, judged, tensor_rows, tolerances.top_tensors)
+    return summarize(comparison, judged, tensor_rows, tolerances.top_tensors)
 
 
-def _summarize(comparison: JobComparison, judged: Verdict, tensor_rows: list[TensorRow], top: int) -> JobComparison:
+def summarize(comparison: JobComparison, judged: Verdict, tensor_rows: list[TensorRow], top: int) -> JobComparison:
     """Keep the verdict small: every non-tensor check, the worst tensors, and one check for all tensors."""
     outcomes = {c.metric: c for c in judged.checks}
     for row in comparison.metrics:

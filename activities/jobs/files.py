@@ -166,7 +166,7 @@ def dataset_path(store: Store, path: str, cache_root: Path, on_object: Callable[
                 continue
             if on_object is not None:
                 on_object(info.key)  # long downloads heartbeat
-            _download_verified(store, info, local, on_object)
+            download_verified(store, info, local, on_object)
             index[relative] = {"etag": info.etag, "size": info.size}
         keep = {safe_key(i.key[len(path) :].lstrip("/")) for i in listed}
         for stale in set(index) - keep:
@@ -176,7 +176,7 @@ def dataset_path(store: Store, path: str, cache_root: Path, on_object: Callable[
     return directory
 
 
-def _download_verified(
+def download_verified(
     store: Store, info: ObjectInfo, local: Path, on_object: Callable[[str], None] | None = None
 ) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,12 @@ grace period, and the activity returns only once no process of the group is left
 exits non-zero or times out is a *result* (status, exit code, stderr tail), not an activity
 failure: retrying an operator's crashing job would only crash it again, and the comparison turns
 the result into a verdict that names the environment.
+
+A resumable job (plan `resume:`) gets SKYSHIFT_CHECKPOINT_DIR; `handoff_at_step` sends it SIGTERM
+once that step is logged and gives it `resume.grace` to checkpoint and exit 0 (SIGKILL after: a
+failed handoff, the run still on this environment); its newest checkpoint goes to the store
+(`checkpoint_prefix`) in every case, so nothing already checkpointed is lost. `resume_from` starts
+the job from a checkpoint in this environment's store (SKYSHIFT_RESUME_FROM).
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from activities.errors import fail_fast_on_permanent_errors
 from activities.jobs.files import ArtifactRef, data_variable, dataset_path, fetch_code, put_artifact
+from activities.jobs.resume import CheckpointRef, fetch_checkpoint, put_checkpoint
 from activities.jobs.series import JobTiming, MetricsTail, Record, dump_series, timing
 from activities.jobs.spec import JobSpec
 from activities.stores import StoreSpec, join_key, open_store
 from skyshift.runtime import state_dir
 
-Arm = Literal["source", "source-repeat", "target", "bench"]
-JobStatus = Literal["succeeded", "failed", "timed_out", "stopped"]
+Arm = Literal["source", "source-repeat", "target", "bench", "handoff"]
+JobStatus = Literal["succeeded", "failed", "timed_out", "stopped", "checkpointed"]
+Handoff = Literal["checkpointed", "ignored_sigterm", "no_checkpoint", "exited", "finished_first"]
 PYTHONS = ("python", "python3")
 
 
@@ -54,6 +62,21 @@ class RunJobInput(BaseModel):
     kill_grace_seconds: float = Field(10.0, ge=0, description="Between SIGTERM and SIGKILL of the process group")
     poll_seconds: float = Field(0.5, gt=0, le=30, description="How often the metrics file is read and heartbeated")
     stderr_lines: int = Field(20, ge=1, le=500)
+    handoff_at_step: int | None = Field(
+        None,
+        ge=0,
+        description="Resumable jobs: SIGTERM once this step is logged, then wait resume.grace for "
+        "a checkpoint and exit 0",
+    )
+    checkpoints: StoreSpec | None = Field(
+        None, description="The store `checkpoint_prefix` and `resume_from` lie in (default: `store`)"
+    )
+    checkpoint_prefix: str | None = Field(
+        None, description="Resumable jobs: where in `checkpoints` the newest checkpoint is put when the job ends"
+    )
+    resume_from: str | None = Field(
+        None, description="A prefix in `checkpoints` holding a complete checkpoint: the job resumes from it"
+    )
 
 
 class JobProgress(BaseModel):
@@ -97,10 +120,15 @@ class JobResult(BaseModel):
     outputs: list[OutputFile] = Field(default_factory=list)
     stdout: ArtifactRef | None = None
     stderr: ArtifactRef | None = None
+    checkpoint: CheckpointRef | None = Field(None, description="The newest checkpoint, put in the store")
+    resumed_from_step: int | None = Field(None, description="The checkpoint's step this run resumed from")
+    handoff: Handoff | None = Field(None, description="How a requested SIGTERM ended")
+    sigterm_at: float | None = Field(None, description="When SIGTERM was sent (seconds since the epoch)")
+    first_step_at: float | None = Field(None, description="When the first step was logged (seconds since the epoch)")
 
     @property
     def ok(self) -> bool:
-        return self.status in ("succeeded", "stopped")
+        return self.status in ("succeeded", "stopped", "checkpointed")
 
 
 def visible_gpus() -> int:
@@ -129,6 +157,14 @@ def job_environment(request: RunJobInput, output: Path, metrics: Path, data: dic
         "SKYSHIFT_ARM": request.arm,
         "SKYSHIFT_DIST_BACKEND": "nccl" if gpus else "gloo",
     }
+    for name in ("SKYSHIFT_CHECKPOINT_DIR", "SKYSHIFT_CHECKPOINT_EVERY", "SKYSHIFT_RESUME_FROM"):
+        env.pop(name, None)  # only what this run is given
+    if request.job.resume is not None:
+        env["SKYSHIFT_CHECKPOINT_DIR"] = str(output.parent / "checkpoints")
+        if request.job.resume.every:
+            env["SKYSHIFT_CHECKPOINT_EVERY"] = str(request.job.resume.every)
+    if request.resume_from is not None:
+        env["SKYSHIFT_RESUME_FROM"] = str(output.parent / "resume")
     env |= {data_variable(name): str(path) for name, path in data.items()}
     return env
 
@@ -210,6 +246,15 @@ def _rate(records: list[dict]) -> float | None:
 @fail_fast_on_permanent_errors
 def run_job(request: RunJobInput) -> JobResult:
     started, job = time.time(), request.job
+    if job.resume is None and (request.handoff_at_step is not None or request.resume_from is not None):
+        raise ApplicationError(
+            f"job {job.name}: a handoff or a resume needs a resumable job; add `resume:` to workloads.jobs "
+            f"({job.name}) once the job follows the resume contract",
+            non_retryable=True,
+        )
+    if request.handoff_at_step is not None and not request.checkpoint_prefix:
+        raise ApplicationError(f"job {job.name}: a handoff needs checkpoint_prefix (where its checkpoint goes)",
+                               non_retryable=True)  # fmt: skip
     missing = [name for name in job.uses if name not in request.datasets]
     if missing:
         raise ApplicationError(
@@ -225,11 +270,19 @@ def run_job(request: RunJobInput) -> JobResult:
         cache = Path(os.environ.get("SKYSHIFT_CACHE_DIR") or state_dir() / "cache") / "datasets"
         data = {name: dataset_path(store, request.datasets[name], cache, _fetching) for name in job.uses}
         gpus = visible_gpus()
+        checkpoints = open_store(request.checkpoints) if request.checkpoints else store
+        resumed = None
+        if request.resume_from:
+            resumed = fetch_checkpoint(checkpoints, request.resume_from, scratch / "resume")
         output, metrics = scratch / "output", scratch / "metrics.jsonl"
         output.mkdir()
         env = job_environment(request, output, metrics, data, gpus)
         result, records = _supervise(request, scratch, env, metrics, started)
         result.code_root = code.root
+        result.resumed_from_step = resumed
+        if job.resume is not None and request.checkpoint_prefix:
+            result.checkpoint = put_checkpoint(checkpoints, scratch / "checkpoints", request.checkpoint_prefix)
+        _judge_handoff(request, result)
         result.gpus_used = job.gpus if job.gpus is not None else min(job.nproc_per_node, gpus)
         result.device = "cuda" if gpus else "cpu"
         activity.heartbeat(JobProgress(phase="collecting", steps_logged=result.steps_logged))
@@ -248,7 +301,7 @@ def _supervise(
 ) -> tuple[JobResult, list[Record]]:
     job, tail = request.job, MetricsTail(metrics)
     status: JobStatus | None = None
-    cancelled = False
+    cancelled, sigterm_at, handoff = False, None, None
     # Shielded: a cancellation raised into this thread must not land between starting the group
     # and ending it, or the job would outlive the activity.
     with activity.shield_thread_cancel_exception():
@@ -273,6 +326,14 @@ def _supervise(
                 )  # fmt: skip
                 if exited:
                     break
+                if sigterm_at is None and request.handoff_at_step is not None and last is not None:
+                    if int(last["step"]) >= request.handoff_at_step:
+                        sigterm_at = time.time()
+                        _signal_group(pgid, signal.SIGTERM)
+                        grace_end = time.monotonic() + job.resume.grace.total_seconds()
+                elif sigterm_at is not None and time.monotonic() >= grace_end:
+                    status, handoff = "failed", "ignored_sigterm"
+                    break
                 if request.stop_after_steps and len(tail.records) >= request.stop_after_steps:
                     status = "stopped"
                     break
@@ -282,10 +343,12 @@ def _supervise(
                 if activity.is_cancelled():
                     cancelled = True
                     break
-                activity.wait_for_cancelled_sync(request.poll_seconds)
+                waiting = request.handoff_at_step is not None and sigterm_at is None
+                # Waiting to send SIGTERM: read the series often, so the signal lands near the step asked.
+                activity.wait_for_cancelled_sync(min(request.poll_seconds, 0.02) if waiting else request.poll_seconds)
         finally:
             activity.heartbeat(JobProgress(phase="stopping", pid=pgid, steps_logged=len(tail.records)))
-            end_group(process, pgid, request.kill_grace_seconds)
+            end_group(process, pgid, 0 if handoff == "ignored_sigterm" else request.kill_grace_seconds)
     if cancelled:
         raise CancelledError(f"job {job.name} cancelled on {request.environment}; its process group was ended")
     tail.read_new(final=True)
@@ -298,6 +361,11 @@ def _supervise(
         detail = f"stopped after {len(tail.records)} steps, as asked (stop_after_steps)"
     elif status == "timed_out":
         detail = f"killed at its timeout ({job.timeout}) after {len(tail.records)} steps"
+    elif handoff == "ignored_sigterm":
+        detail = (
+            f"job {job.name}: no exit within resume.grace ({job.resume.grace}) of SIGTERM: killed (SIGKILL) "
+            f"after {len(tail.records)} steps; the run stays on {request.environment}"
+        )
     else:
         reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         detail = f"{reason} after {len(tail.records)} steps"
@@ -307,9 +375,36 @@ def _supervise(
         stderr_tail=_tail(scratch / "stderr.log", request.stderr_lines) if status in ("failed", "timed_out") else [],
         code_root="", steps_logged=len(tail.records), last_step=int(last["step"]) if last else None,
         last_loss=last.get("loss") if last else None, bad_lines=tail.bad_lines, first_bad_line=tail.first_bad,
-        timing=timing(tail.records, started, time.time(), job.warmup_steps),
+        timing=timing(tail.records, started, time.time(), job.warmup_steps), handoff=handoff, sigterm_at=sigterm_at,
+        first_step_at=min((r["time"] for r in tail.records), default=None),
     )  # fmt: skip
     return result, tail.records
+
+
+def _judge_handoff(request: RunJobInput, result: JobResult) -> None:
+    """A requested handoff ends checkpointed only with exit 0 and a checkpoint of a step it logged."""
+    if request.handoff_at_step is None or result.handoff == "ignored_sigterm":
+        return
+    if result.sigterm_at is None:
+        result.handoff = "finished_first"
+        result.detail += f"; it ended before step {request.handoff_at_step} was logged: no SIGTERM sent"
+    elif result.status != "succeeded":
+        result.handoff = "exited"
+        result.detail += " after SIGTERM (a resumable job exits 0 once it has checkpointed)"
+    elif result.checkpoint is None or result.checkpoint.step != result.last_step:
+        result.status, result.handoff = "failed", "no_checkpoint"
+        found = "no checkpoint" if result.checkpoint is None else f"a checkpoint of step {result.checkpoint.step}"
+        result.detail = (
+            f"exited 0 after SIGTERM with {found}, not of its last logged step {result.last_step}: "
+            "a resumable job checkpoints the step it finished before it exits"
+        )
+    else:
+        result.status, result.handoff = "checkpointed", "checkpointed"
+        waited = time.time() - result.sigterm_at
+        result.detail = (
+            f"checkpointed step {result.checkpoint.step} ({result.checkpoint.bytes} bytes) and exited 0 "
+            f"within {waited:.1f}s of SIGTERM"
+        )
 
 
 def _collect(request: RunJobInput, scratch: Path, result: JobResult, records: list[Record]) -> None:

@@ -37,6 +37,34 @@ def _code_prefix(value: Any) -> Any:
     return value
 
 
+class ResumeSpec(BaseModel):
+    """A job that follows the resume contract (plan `workloads.jobs[].resume`): it can be moved while it runs.
+
+    SIGTERM asks it to checkpoint into SKYSHIFT_CHECKPOINT_DIR and exit 0 within `grace`; it resumes
+    from SKYSHIFT_RESUME_FROM. The same move serves a handoff, a preemption and a failback.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grace: Annotated[timedelta, BeforeValidator(_duration)] = Field(
+        timedelta(seconds=120),
+        description="From SIGTERM to a complete checkpoint and exit 0; SIGKILL after (120s: the AWS spot notice)",
+    )
+    every: int | None = Field(
+        500, ge=1, description="Periodic checkpoint every this many steps (SKYSHIFT_CHECKPOINT_EVERY); null: none"
+    )
+    at: int | None = Field(
+        None, ge=1, description="The parallel run's handoff arm sends SIGTERM once this step is logged (default: half)"
+    )
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive, e.g. 120s (the time a job has to checkpoint after SIGTERM)")
+        return value
+
+
 class JobSpec(BaseModel):
     """One operator job (plan `workloads.jobs[]`): their code, run by each environment's worker."""
 
@@ -68,6 +96,15 @@ class JobSpec(BaseModel):
     steps_per_epoch: int | None = Field(
         None, ge=1, description="For cost per epoch when samples_per_epoch is not given (x samples per step)"
     )
+    resume: ResumeSpec | None = Field(
+        None, description="The job follows the resume contract (SIGTERM → checkpoint → exit 0; SKYSHIFT_RESUME_FROM)"
+    )
+    fallback: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Environments a preempted run may resume on, in order of preference; the zone that just "
+        "evicted it is skipped unless nothing else is listed",
+    )
 
     @field_validator("command")
     @classmethod
@@ -94,10 +131,25 @@ class JobSpec(BaseModel):
                 raise ValueError(f"'{name}' is not a dataset name")
         return value
 
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"'{name}' is not an environment name")
+        if repeated := sorted({name for name in value if value.count(name) > 1}):
+            raise ValueError(f"each environment once; repeated: {', '.join(repeated)}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
         if self.timeout <= timedelta(0):
             raise ValueError("timeout: must be positive")
+        if self.resume is not None and self.resume.grace >= self.timeout:
+            raise ValueError(
+                f"resume.grace ({self.resume.grace}) must be shorter than the job's timeout ({self.timeout}): "
+                "shorten the grace or raise the timeout"
+            )
         return self
 
 

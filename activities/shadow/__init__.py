@@ -1,12 +1,11 @@
 """Shadow inference: the same requests to both endpoints, outputs compared against a noise floor.
 
-`spec` (plan data), `compare` (comparators), `judge` (the floor and the verdict rows), `mirror`
+`compare` (comparators), `judge` (the floor and the verdict rows), `mirror`
 (the router's live-traffic mirror API) and `runner` (the `run_shadow` and `set_mirror` activities).
-Only the plan data is re-exported here: `activities.metrics` imports it, and the runner imports
-`activities.metrics`, so importing the runner from this package would be circular.
+The plan data (`ShadowSpec`, the comparators) lives in `skyshift.spec.shadow` and is re-exported here.
 """
 
-from activities.shadow.spec import (
+from skyshift.spec.shadow import (
     ARMS,
     SHADOW_HEADER,
     SHADOW_ID_HEADER,

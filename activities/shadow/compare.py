@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from activities.shadow.spec import Comparator, JsonComparator, LogitsComparator, TextComparator
+from skyshift.spec.shadow import Comparator, JsonComparator, LogitsComparator, TextComparator
 
 STRUCTURAL = math.inf
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")

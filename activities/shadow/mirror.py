@@ -13,7 +13,7 @@ import urllib.request
 
 from pydantic import BaseModel, Field
 
-from activities.shadow.spec import ARMS
+from skyshift.spec.shadow import ARMS
 
 
 class MirrorSettings(BaseModel):

@@ -27,7 +27,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from activities.analysis import Verdict
-from activities.metrics import EndpointPair
 from activities.shadow.compare import Uncomparable, compare, parse
 from activities.shadow.judge import (
     FieldDiff,
@@ -45,9 +44,10 @@ from activities.shadow.judge import (
     worst_positions,
 )
 from activities.shadow.mirror import ArmReply, Exchange, MirrorClient, MirrorCounters, MirrorSettings
-from activities.shadow.spec import ARMS, SHADOW_HEADER, SHADOW_ID_HEADER, ShadowSpec
 from activities.stores import StoreError, StoreSpec, open_store
-from activities.traffic import HttpRouterSpec, RouterSpec
+from skyshift.spec.endpoints import EndpointPair
+from skyshift.spec.shadow import ARMS, SHADOW_HEADER, SHADOW_ID_HEADER, ShadowSpec
+from skyshift.spec.traffic import HttpRouterSpec, RouterSpec
 
 MAX_FIELDS_KEPT = 20
 MAX_EXAMPLES = 5

@@ -352,6 +352,13 @@ class Store(abc.ABC):
     def root_exists(self) -> bool:
         """The bucket or directory this store is rooted at exists (it may be empty)."""
 
+    def region(self) -> str | None:
+        """Where the store's data lives, as its own API says (lower case: `eu-west-1`, `us-central1`, `us`).
+
+        None for a store with no region (a local directory). Residency is judged on this, not the plan's string.
+        """
+        return None
+
     def check_key(self, key: str) -> None:
         """Raise InvalidKeyError naming `key` when this store cannot hold it safely."""
         safe_key(key)

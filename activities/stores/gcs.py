@@ -149,6 +149,16 @@ class GCSStore(BucketStore):
         except (gexc.Forbidden, gexc.Unauthorized) as error:
             raise StoreError(f"{self.url}: cannot read the bucket: {error.message}", permanent=True) from error
 
+    def region(self) -> str | None:
+        """The bucket's `location` (GCS says US-CENTRAL1, or a multi-region such as US or EU), lower case."""
+        try:
+            bucket = self.client.get_bucket(self.bucket_name)
+        except gexc.NotFound as error:
+            raise StoreError(f"{self.url}: no such bucket (create it or fix the URL)", permanent=True) from error
+        except (gexc.Forbidden, gexc.Unauthorized) as error:
+            raise StoreError(f"{self.url}: cannot read the bucket: {error.message}", permanent=True) from error
+        return bucket.location.lower() if bucket.location else None
+
     def copy_object(self, key: str, destination, destination_key: str) -> ObjectInfo | None:
         if not isinstance(destination, GCSStore) or destination.spec.endpoint != self.spec.endpoint:
             return None

@@ -118,6 +118,15 @@ class S3Store(BucketStore):
 
         return resuming(opener, start, stop, f"{self.url}/{key}")
 
+    def region(self) -> str | None:
+        """GetBucketLocation: no LocationConstraint means us-east-1; `EU` is the legacy name of eu-west-1."""
+        try:
+            answer = self.client.get_bucket_location(Bucket=self.bucket)
+        except ClientError as error:
+            raise _failure(self.url, "read the bucket's location", error) from error
+        constraint = answer.get("LocationConstraint") or "us-east-1"
+        return {"EU": "eu-west-1"}.get(constraint, constraint).lower()
+
     def put_file(self, key: str, path: Path, durable: bool = True) -> ObjectInfo:
         # S3 publishes an object only when its PUT or CompleteMultipartUpload succeeds: atomic.
         try:

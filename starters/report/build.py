@@ -14,8 +14,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from activities.metrics import EndpointSnapshot, PrometheusProvider
+from activities.metrics import EndpointSnapshot
 from activities.validate import histogram_delta, quantile
+from skyshift.spec.endpoints import PrometheusProvider
+from starters.report.effective import effective_both
 from starters.report.history import Recorded
 from starters.report.model import (
     CheckRow,
@@ -52,9 +54,9 @@ def figure(values: list[float], unit: str, basis: str, median: float | None = No
     if not finite:
         return None
     middle = statistics.median(finite) if median is None else median
-    # The state's median may come from a rounded figure (BenchResult's median): the range still holds it.
-    return Figure(median=middle, low=min(*finite, middle), high=max(*finite, middle), n=len(finite), unit=unit,
-                  basis=basis)  # fmt: skip
+    # The state's own median is rounded; with one trial it can sit a rounding step outside the raw range.
+    low, high = min(*finite, middle), max(*finite, middle)
+    return Figure(median=middle, low=low, high=high, n=len(finite), unit=unit, basis=basis)
 
 
 # -- economics ------------------------------------------------------------------------------------
@@ -266,6 +268,10 @@ VERDICT_ACTIVITIES: dict[str, tuple[Callable[[Any], dict], Callable[[MigrationPl
     "compare_job_arms": (lambda r: r["verdict"], _fixed(
         "run_job arms source, source-repeat and target (same seed, same code root): each metric per step and the "
         "output tensors, target-vs-source against the source-vs-source floor")),
+    "judge_handoff": (lambda r: r["comparison"]["verdict"], _fixed(
+        "run_job arm handoff: the source until SIGTERM and its checkpoint, the checkpoint delta-synced, the target "
+        "resumed from it; step numbers, the first post-resume loss, each metric from the resume on and the output "
+        "tensors against the uninterrupted source arm, with the source-vs-source floor")),
     "checkpoint_compatibility": (lambda r: r["verdict"], _fixed(
         "inspect_checkpoint at the source (per-tensor digests) and a real load at the target")),
     "run_shadow": (lambda r: r["verdict"], _fixed(
@@ -620,6 +626,7 @@ def build_report(recorded: Recorded, state: MigrationState, now: datetime | None
     plan = recorded.plan
     prices = {"source": price_per_hour(plan.source_env), "target": price_per_hour(plan.target_env)}
     sides = {}
+    effective = effective_both(recorded, state)
     for side, env in (("source", plan.source_env), ("target", plan.target_env)):
         sides[side] = SideEconomics(
             environment=env.name,
@@ -627,6 +634,7 @@ def build_report(recorded: Recorded, state: MigrationState, now: datetime | None
             per_1k_samples=per_1k_samples(state, side, prices[side]),
             per_epoch=per_epoch(recorded, state, env, side, prices[side]),
             per_1k_inferences=per_1k_inferences(recorded, prices[side]),
+            effective=effective[side],
         )
     saved = savings(recorded, state, now)
     text, why = headline(state, saved)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from activities.pricing import Effective
 from workflows.state import AuditEntry
 
 RiskLevel = Literal["low", "medium", "high", "unknown"]
@@ -33,6 +34,9 @@ class SideEconomics(BaseModel):
     per_1k_samples: Figure | None = None
     per_epoch: Figure | None = None
     per_1k_inferences: Figure | None = None
+    effective: Effective | None = Field(
+        None, description="(price + storage + amortized egress) ÷ measured useful throughput, each input sourced"
+    )
 
 
 class Savings(BaseModel):

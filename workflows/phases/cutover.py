@@ -96,6 +96,10 @@ class StagedCutover:
         workflow.upsert_search_attributes([SA_TRAFFIC.value_set(percent)])
         self.ctx.show_details()
 
+    async def hold(self, stage: Stage) -> None:
+        """Hold `stage` for its duration, judging every window (the soak before decommission uses this too)."""
+        await self._hold_stage(stage)
+
     async def _hold_stage(self, stage: Stage) -> None:
         progress = self.state.cutover
         interval = self.plan.cutover.monitor_interval.total_seconds()

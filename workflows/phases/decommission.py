@@ -1,17 +1,25 @@
-"""Decommission: after the soak, a final delta sync, archives verified at the target, then the source released.
+"""Decommission: a monitored soak, a final delta sync, archives verified at the target, then the way back.
 
-Always behind an operator's approval. Releasing the source is the point of no return: it is
-recorded first, the undo list is forgotten, and only then is anything at the source deleted.
+Always behind an operator's approval. The soak judges the endpoints like a cutover stage. After the
+final sync the failback window opens (workflows/phases/failback.py) and the source is released only
+when it closes; plans recorded before the window existed release it here. Releasing the source is
+the point of no return: it is recorded first, the undo list is forgotten, and only then is anything
+at the source deleted.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
     from workflows.phases.context import MigrationContext
+    from workflows.phases.cutover import StagedCutover
     from workflows.phases.transfers import copy_workloads, move_sealed
+    from workflows.plan import Stage
+    from workflows.versions import FAILBACK_WINDOW, MONITORED_SOAK
 
 
 def archive_input(ctx: MigrationContext, name: str, path: str) -> ArchiveInput:
@@ -26,8 +34,12 @@ def archive_input(ctx: MigrationContext, name: str, path: str) -> ArchiveInput:
 
 async def decommission(ctx: MigrationContext) -> None:
     plan = ctx.plan
-    await ctx.wait(lambda: False, timeout=plan.soak_period, summary="soak at 100% before decommission")
-    await ctx.gate("decommission", "archive and release the source: the last steps cannot be undone")
+    await soak(ctx)
+    await ctx.gate(
+        "decommission",
+        "final sync and archive, then release the source (once the failback window closes, "
+        "if the plan has one): the last steps cannot be undone",
+    )
     result = ctx.state.decommission
     result.final_sync = await copy_workloads(ctx, "final")
     for checkpoint in ctx.encrypted():
@@ -38,6 +50,29 @@ async def decommission(ctx: MigrationContext) -> None:
         result.archived_objects += archived.objects
         verified = await ctx.on(plan.target_env, verify_archive, request, f"verify {name} at target")
         result.verified_objects += verified.objects_verified
+    if workflow.patched(FAILBACK_WINDOW) and plan.decommission.failback_window > timedelta(0):
+        fb = ctx.state.failback
+        fb.opened_at = workflow.now()
+        fb.closes_at = fb.opened_at + plan.decommission.failback_window
+        ctx.audit("skyshift", "failback_window_opened",
+                  f"until {fb.closes_at:%Y-%m-%d %H:%M} UTC; the source is kept until then")  # fmt: skip
+        return  # the source is released when the window closes (workflows/phases/failback.py)
+    await release(ctx)
+
+
+async def soak(ctx: MigrationContext) -> None:
+    """At 100% before decommission: the endpoints judged every interval like a stage; a breach rolls back."""
+    plan = ctx.plan
+    if plan.workloads.endpoints and workflow.patched(MONITORED_SOAK):
+        ctx.state.stage = "soak"
+        await StagedCutover(ctx).hold(Stage(percent=100, duration=plan.soak_period, name="soak"))
+        return
+    await ctx.wait(lambda: False, timeout=plan.soak_period, summary="soak at 100% before decommission")
+
+
+async def release(ctx: MigrationContext) -> None:
+    """The point of no return, last of all, and only if the plan deletes the source."""
+    plan, result = ctx.plan, ctx.state.decommission
     if not plan.decommission.delete_source:
         ctx.audit("skyshift", "source_kept", "plan keeps the source copies (decommission.delete_source: false)")
         return

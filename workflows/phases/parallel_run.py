@@ -2,8 +2,10 @@
 
 Each job runs as three arms — source, target, source again — with the same seed; a difference of the
 target counts only where it beats the difference between the source and itself. Throughput is judged
-from `parallel_run.throughput_trials` runs a side, interleaved in time (activities.trials). A plan without jobs
-trains the built-in seeded model on its first dataset instead.
+from `parallel_run.throughput_trials` runs a side, interleaved in time (activities.trials). A resumable
+job (plan `resume:`) has a fourth, `handoff`: the source to step k, SIGTERM, its checkpoint
+delta-synced, the target resumes it to the end, judged for continuity against the uninterrupted
+source. A plan without jobs trains the built-in seeded model on its first dataset instead.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.jobs import CompareJobArmsInput, JobSpec, compare_job_arms
+    from activities.jobs import (
+        CompareJobArmsInput,
+        HandoffMeasures,
+        JobResult,
+        JobSpec,
+        JudgeHandoffInput,
+        compare_job_arms,
+        judge_handoff,
+    )
     from activities.training import TrainInput, train_seeded
     from activities.validate import CompareTrainingInput, compare_training
     from workflows.phases.context import MigrationContext
+    from workflows.phases.handoff import hand_off
     from workflows.phases.job_runs import run_job_on
-    from workflows.versions import INTERLEAVED_TRIALS
+    from workflows.versions import HANDOFF_ARM, INTERLEAVED_TRIALS
 
 
 async def parallel_run(ctx: MigrationContext) -> None:
@@ -83,3 +94,33 @@ async def job_arms(ctx: MigrationContext, job: JobSpec) -> None:
     ctx.state.parallel_run = comparison.verdict
     ctx.record_verdict(comparison.verdict)
     ctx.fail_if(comparison.verdict, f"parallel run of {job.name}", by="skyshift:parallel_run")
+    if job.resume is not None and workflow.patched(HANDOFF_ARM):
+        await handoff_arm(ctx, job, first, repeat)
+
+
+def handoff_step(job: JobSpec, source: JobResult) -> int:
+    """`resume.at`, or half of the steps the uninterrupted source logged."""
+    assert job.resume is not None
+    if job.resume.at is not None:
+        return job.resume.at
+    return max((source.last_step or 0) // 2, 0)
+
+
+async def handoff_arm(ctx: MigrationContext, job: JobSpec, first: JobResult, repeat: JobResult) -> None:
+    """The source to step k, SIGTERM, the checkpoint moved, the target to the end: judged for continuity."""
+    source, target = ctx.plan.source_env, ctx.plan.target_env
+    move = await hand_off(ctx, job, source, target, handoff_step(job, first))
+    measures = HandoffMeasures(
+        checkpoint_bytes=move.before.checkpoint.bytes if move.before.checkpoint else None,
+        bytes_moved=move.sync.egress_bytes if move.sync else None,
+    )
+    result = await ctx.control(
+        judge_handoff,
+        JudgeHandoffInput(job=job.name, source=first, source_repeat=repeat, before=move.before, after=move.after,
+                          tolerances=ctx.plan.parallel_run.jobs, measures=measures),
+        f"{job.name}: handoff continuity against the uninterrupted source", timeout=timedelta(hours=1),
+    )  # fmt: skip
+    ctx.state.jobs.append(result.comparison)
+    ctx.state.parallel_run = result.comparison.verdict
+    ctx.record_verdict(result.comparison.verdict)
+    ctx.fail_if(result.comparison.verdict, f"handoff of {job.name}", by="skyshift:parallel_run")

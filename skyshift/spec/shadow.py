@@ -1,7 +1,7 @@
 """Shadow inference plan data: which requests, which comparator, which margins.
 
-Kept free of other skyshift imports: `activities.metrics.EndpointPair` carries a `ShadowSpec`,
-and the runner imports `activities.metrics`, so this module must not import back.
+Part of the plan's shared types (`skyshift.spec`): an endpoint pair carries a `ShadowSpec`, and
+the activities that run and judge the shadow phase read it.
 """
 
 from __future__ import annotations
