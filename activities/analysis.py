@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 Outcome = Literal["pass", "fail", "inconclusive", "error"]
-Comparison = Literal["at_most", "at_least", "within_floor", "significant_increase"]
+Comparison = Literal["at_most", "at_least", "within_floor", "significant_increase", "beyond_uncertainty"]
 _SEVERITY: dict[str, int] = {"pass": 0, "inconclusive": 1, "error": 2, "fail": 3}
 
 
@@ -123,6 +123,13 @@ COMPARISONS: dict[str, Comparator] = {
         lambda rule, floor: rule.threshold,
         lambda o, limit, p, a: o > limit and p is not None and p < a,
     ),
+    "beyond_uncertainty": Comparator(
+        "passes when observed <= threshold; fails only when even the interval's lower end is beyond "
+        "max(threshold, floor x (1 + floor_margin)); anything between is inconclusive (a floor or trials too "
+        "noisy to decide ask the operator, never fail)",
+        _floor_limit,
+        lambda o, limit, p, a: o > limit,
+    ),
 }
 
 
@@ -156,7 +163,22 @@ def judge_measurement(measurement: Measurement, rule: AnalysisRule | None, confi
     observed = math.inf if math.isnan(m.observed) else m.observed
     breached = COMPARISONS[rule.compare].breached(observed, limit, m.p_value, 1 - confidence)
     outcome: Outcome = rule.on_breach if breached else "pass"
-    if rule.compare == "within_floor":
+    if rule.compare == "beyond_uncertainty":
+        lower = m.confidence_interval[0] if m.confidence_interval else None
+        if observed <= rule.threshold:
+            outcome = "pass"
+        elif lower is not None and lower > limit:
+            outcome = rule.on_breach
+        else:
+            outcome = "inconclusive"
+        floor = m.floor if m.floor is not None else math.nan
+        why = (
+            f"allowed {_number(rule.threshold, rule.unit)}; counts only when every trial is beyond "
+            f"{_number(limit, rule.unit)} (the source's own spread {_number(floor, rule.unit)})"
+        )
+        if outcome == "inconclusive":
+            why += "; within the noise: inconclusive, the operator decides"
+    elif rule.compare == "within_floor":
         floor = m.floor or 0.0
         floor_part = f"floor {_number(floor, rule.unit)} x {1 + rule.floor_margin:g}"
         why = (

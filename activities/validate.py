@@ -8,13 +8,15 @@ after the fact. Too little data is *inconclusive*, never *pass*; unreadable data
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from activities.analysis import AnalysisRule, Check, Measurement, Outcome, Verdict, judge, verdict
+from activities.analysis import AnalysisRule, Check, Measurement, Outcome, Verdict, judge, judge_measurement, verdict
 from activities.bench import BenchResult
 from activities.metrics import EndpointSnapshot, Histogram, SideSnapshot
+from activities.sequential import SignEvidence, StageBudget, observe
 from activities.stats import (
     bin_counts,
     binomial_excess,
@@ -23,6 +25,7 @@ from activities.stats import (
     two_proportion_greater,
 )
 from activities.training import TrainResult
+from activities.trials import slowdown_measurement
 
 #: Re-exported: workflows, state and tests import the verdict models from here.
 __all__ = ["Check", "Outcome", "Verdict", "verdict"]
@@ -127,16 +130,17 @@ def judge_benchmarks(request: CompareBenchInput) -> PocComparison:
     source_cost = _cost_per_million(request.source_price_per_hour, source)
     target_cost = _cost_per_million(request.target_price_per_hour, target)
     cost_ratio = target_cost / source_cost if source_cost else math.inf
+    # Every trial of every run: a slower target counts only beyond the allowed slowdown, the source's own
+    # spread and the overlap of the trials (activities.trials); otherwise inconclusive, never a fail.
+    trials = {side: [t.train_samples_per_s for r in results for t in r.trials] or
+              [r.median_train_samples_per_s for r in results]
+              for side, results in (("source", request.source), ("target", request.target))}  # fmt: skip
+    measured = slowdown_measurement("throughput", trials["source"], trials["target"], "samples/s")
+    measured.detail = f"target trains at {ratio:.2f}x the source's samples/s: " + measured.detail
+    rule = AnalysisRule(metric="throughput", compare="beyond_uncertainty",
+                        threshold=round(1 - request.min_throughput_ratio, 6), unit="")  # fmt: skip
     checks = [
-        Check(
-            metric="throughput",
-            outcome="pass" if ratio >= request.min_throughput_ratio else "fail",
-            source=round(source, 3),
-            target=round(target, 3),
-            observed=round(ratio, 4),
-            threshold=request.min_throughput_ratio,
-            detail=f"target trains at {ratio:.2f}x the source's samples/s (floor {request.min_throughput_ratio}x)",
-        ),
+        judge_measurement(measured, rule, 0.98),
         Check(
             metric="cost_per_unit",
             outcome="pass" if cost_ratio <= request.max_cost_ratio else "fail",
@@ -180,6 +184,26 @@ class SideWindow(BaseModel):
     latency: Histogram | None
 
 
+class LoadBaseline(BaseModel):
+    """The source's own windows at one load level (requests/s), merged with older ones fading (x0.8 each)."""
+
+    rate: float = Field(description="Requests per second the source served in these windows")
+    window: SideWindow
+    recorded: str = Field(description="When: 'before traffic moved', 'stage 10pct'")
+
+
+class StageControl(BaseModel):
+    """Stage-level error control (plans judged since STAGE_VERDICTS): windows feed a sequential test per metric.
+
+    Without it (`None`), every window is judged on its own at the plan's confidence, as older workflows do.
+    """
+
+    budget: StageBudget
+    window_seconds: float | None = Field(None, gt=0, description="This window's length: request rates for matching")
+    load_tolerance: float = Field(0.25, gt=0, lt=1, description="Rates within this share of each other: same load")
+    record_only: bool = Field(False, description="Before traffic moves: only remember the source's windows")
+
+
 class JudgeWindowInput(BaseModel):
     stage: str
     previous: list[EndpointSnapshot]
@@ -188,11 +212,20 @@ class JudgeWindowInput(BaseModel):
     baselines: dict[str, SideWindow] = Field(
         default_factory=dict, description="Per endpoint, the source's last window with enough samples"
     )
+    control: StageControl | None = None
+    evidence: dict[str, SignEvidence] = Field(
+        default_factory=dict, description="Per '<endpoint>.<metric>', this stage's sequential evidence so far"
+    )
+    library: dict[str, list[LoadBaseline]] = Field(
+        default_factory=dict, description="Per endpoint, the source's windows by load level (a few summaries)"
+    )
 
 
 class WindowJudgement(BaseModel):
     verdict: Verdict
     baselines: dict[str, SideWindow]
+    evidence: dict[str, SignEvidence] = Field(default_factory=dict)
+    library: dict[str, list[LoadBaseline]] = Field(default_factory=dict)
 
 
 def histogram_delta(before: Histogram | None, after: Histogram) -> Histogram:
@@ -361,6 +394,8 @@ def _error_measurement(name: str, source: SideWindow, target: SideWindow, confid
 
 @activity.defn
 def judge_window(request: JudgeWindowInput) -> WindowJudgement:
+    if request.control is not None:
+        return judge_window_staged(request, request.control)
     previous = {snapshot.endpoint: snapshot for snapshot in request.previous}
     checks, baselines = [], dict(request.baselines)
     for current in request.current:
@@ -371,3 +406,231 @@ def judge_window(request: JudgeWindowInput) -> WindowJudgement:
         if baseline is not None:
             baselines[current.endpoint] = baseline
     return WindowJudgement(verdict=verdict(f"cutover:{request.stage}", checks), baselines=baselines)
+
+
+# -- live traffic windows, judged over the whole stage ------------------------------------------
+
+#: Load levels remembered per endpoint (the oldest used level is dropped beyond this).
+MAX_LOAD_LEVELS = 8
+#: Weight of older windows when a new one at the same load is merged in (older data fades).
+FADE = 0.8
+
+
+def _scaled_sum(old: SideWindow, new: SideWindow, keep: float) -> SideWindow:
+    if old.latency is None or new.latency is None or old.latency.bounds != new.latency.bounds:
+        return new
+    a, b = old.latency, new.latency
+    latency = Histogram(
+        bounds=b.bounds,
+        cumulative=[keep * x + y for x, y in zip(a.cumulative, b.cumulative, strict=True)],
+        count=keep * a.count + b.count,
+        sum=keep * a.sum + b.sum,
+    )
+    return SideWindow(requests=keep * old.requests + new.requests, errors=keep * old.errors + new.errors,
+                      latency=latency)  # fmt: skip
+
+
+def _near(a: float, b: float, tolerance: float) -> bool:
+    return a > 0 and b > 0 and abs(a / b - 1) <= tolerance
+
+
+def load_matched(library: list[LoadBaseline], rate: float, tolerance: float) -> LoadBaseline | None:
+    """The remembered source level closest to `rate`, if within `tolerance` of it: never one at another load."""
+    near = [level for level in library if _near(level.rate, rate, tolerance)]
+    return min(near, key=lambda level: abs(math.log(level.rate / rate)), default=None)
+
+
+def remember(
+    library: list[LoadBaseline], window: SideWindow, rate: float, recorded: str, tolerance: float
+) -> list[LoadBaseline]:
+    """Merge a source window into the level at its load (or start one); most recently used last."""
+    if window.latency is None or rate <= 0:
+        return library
+    match = load_matched(library, rate, tolerance)
+    rest = [level for level in library if level is not match]
+    if match is None:
+        level = LoadBaseline(rate=rate, window=window, recorded=recorded)
+    else:
+        weight = FADE * match.window.requests
+        merged_rate = (weight * match.rate + window.requests * rate) / (weight + window.requests)
+        recorded = match.recorded if match.recorded == recorded else f"{match.recorded} and {recorded}"
+        level = LoadBaseline(rate=merged_rate, window=_scaled_sum(match.window, window, FADE), recorded=recorded)
+    return [*rest, level][-MAX_LOAD_LEVELS:]
+
+
+class _Baseline(NamedTuple):
+    window: SideWindow
+    says: str
+
+
+def choose_baseline(
+    source: SideWindow, target: SideWindow, rates: tuple[float, float], library: list[LoadBaseline],
+    limits: WindowThresholds, tolerance: float,
+) -> _Baseline | None:  # fmt: skip
+    """What the target is compared with, at equal conditions; None when nothing at its load exists.
+
+    1. the concurrent source window when both sides carry the same load (rates within the tolerance);
+    2. the source's own earlier windows at the target's load (at 100% the source is idle: the windows
+       recorded before traffic moved);
+    3. the concurrent source window at a *heavier* load than the target's: it can only flatter the
+       target (a slower target under a lighter load is a real regression), so it is used, and said.
+    A source window at a lighter load than the target's is never the baseline.
+    """
+    s_rate, t_rate = rates
+    full = source.requests >= limits.min_samples and source.latency is not None
+    if full and _near(t_rate, s_rate, tolerance):
+        return _Baseline(source, f"the concurrent source window at the same load ({s_rate:.3g} vs {t_rate:.3g} req/s)")
+    matched = load_matched(library, t_rate, tolerance)
+    if matched is not None and matched.window.requests >= limits.min_samples:
+        return _Baseline(matched.window, f"the source's own windows at {matched.rate:.3g} req/s ({matched.recorded}); "
+                         f"target at {t_rate:.3g} req/s")  # fmt: skip
+    if full and t_rate < s_rate:
+        return _Baseline(source, f"the concurrent source window at a heavier load ({s_rate:.3g} vs {t_rate:.3g} "
+                         "req/s): it can only flatter the target")  # fmt: skip
+    return None
+
+
+def _stage_rules(limits: WindowThresholds, alpha: float) -> list[AnalysisRule]:
+    """Sequential: fail when the stage's change detector says the target became worse by more than half the
+    effect to catch, at the stage's sequential alpha (activities.sequential: bounded over the planned windows)."""
+    dry = set(limits.dry_run)
+    return [
+        AnalysisRule(metric=f"*.stage_{metric}", compare="at_least", threshold=alpha, dry_run=kind in dry,
+                     unit=" (stage p)")
+        for metric, kind in (("latency_p50", "latency"), ("latency_p95", "latency"), ("error_rate", "error_rate"))
+    ]  # fmt: skip
+
+
+def _immediate_rules(limits: WindowThresholds) -> list[AnalysisRule]:
+    """One window rolls back at once only on a large, certain regression: its p10, p25 *and* p50 (not the tail:
+    a stall moves the tail of a window, not its lower quantiles) beyond twice the effect the stage must catch,
+    or the error rate beyond the effect, at the per-window share of the stage's budget. The tail is reported
+    per window but judged by the stage."""
+    dry = set(limits.dry_run)
+    return [
+        AnalysisRule(metric="*.samples", compare="at_least", threshold=limits.min_samples, on_breach="inconclusive",
+                     unit=" requests"),
+        AnalysisRule(metric="*.baseline", compare="at_least", threshold=1, on_breach="inconclusive"),
+        AnalysisRule(metric="*.latency", compare="significant_increase", threshold=2 * limits.latency_increase_pct,
+                     unit="%", dry_run="latency" in dry),
+        AnalysisRule(metric="*.latency_tail", compare="significant_increase", threshold=limits.latency_increase_pct,
+                     unit="%", dry_run=True),
+        AnalysisRule(metric="*.error_rate", compare="significant_increase",
+                     threshold=limits.error_rate_increase_pp, unit=" pp", dry_run="error_rate" in dry),
+    ]  # fmt: skip
+
+
+def _stage_measurement(name: str, metric: str, evidence: SignEvidence, margin: float, unit: str) -> Measurement:
+    mean = evidence.mean_change
+    if mean is None:
+        return Measurement(metric=f"{name}.stage_{metric}", detail="no window counted yet in this stage")
+    return Measurement(
+        metric=f"{name}.stage_{metric}", observed=evidence.p_value, p_value=evidence.p_value,
+        detail=f"{evidence.worse} of {evidence.windows} windows worse by more than {margin:g}{unit} "
+        f"(mean change {mean:+.3g}{unit}); stage p={evidence.p_value:.2g} (Shiryaev-Roberts over the planned windows)",
+    )  # fmt: skip
+
+
+def measure_endpoint_staged(
+    previous: EndpointSnapshot | None, current: EndpointSnapshot, limits: WindowThresholds, control: StageControl,
+    evidence: dict[str, SignEvidence], library: list[LoadBaseline], stage: str,
+) -> tuple[list[Measurement], list[Measurement], dict[str, SignEvidence], list[LoadBaseline]]:  # fmt: skip
+    """This window's measurements, the stage's, and the evidence and load levels to keep."""
+    name = current.endpoint
+    for side in ("source", "target"):
+        snapshot: SideSnapshot = getattr(current, side)
+        if not snapshot.ok:
+            error = Measurement(metric=f"{name}.scrape", error=f"{side} metrics unreadable: {snapshot.error}")
+            return [error], [], evidence, library
+    source = side_window(previous.source if previous else None, current.source)
+    target = side_window(previous.target if previous else None, current.target)
+    seconds = control.window_seconds or 1.0
+    rates = (source.requests / seconds, target.requests / seconds)
+    recorded = "before traffic moved" if control.record_only else f"stage {stage}"
+    if source.requests >= limits.min_samples:
+        updated_library = remember(library, source, rates[0], recorded, control.load_tolerance)
+    else:
+        updated_library = library
+    if control.record_only:
+        return [], [], evidence, updated_library
+    lat_margin, err_margin = limits.latency_increase_pct / 2, limits.error_rate_increase_pp / 2
+    keys = {"latency_p50": (lat_margin, "%"), "latency_p95": (lat_margin, "%"), "error_rate": (err_margin, " pp")}
+
+    def stage_part(kept: dict[str, SignEvidence]) -> list[Measurement]:
+        empty = SignEvidence()
+        return [_stage_measurement(name, k, kept.get(f"{name}.{k}", empty), m, u) for k, (m, u) in keys.items()]
+
+    if target.requests < limits.min_samples or target.latency is None:
+        samples = Measurement(metric=f"{name}.samples", observed=target.requests if target.latency else 0,
+                              source=source.requests, target=target.requests,
+                              detail=f"{int(target.requests)} target requests in the window; {limits.min_samples} "
+                              "needed")  # fmt: skip
+        return [samples], stage_part(evidence), evidence, updated_library
+    baseline = choose_baseline(source, target, rates, library, limits, control.load_tolerance)
+    if baseline is None:
+        levels = ", ".join(f"{level.rate:.3g}" for level in library) or "none yet"
+        missing = Measurement(metric=f"{name}.baseline", observed=0, source=rates[0], target=rates[1],
+                              detail=f"no source baseline at the target's load ({rates[1]:.3g} req/s; the source now "
+                              f"serves {rates[0]:.3g}, levels recorded: {levels} req/s)")  # fmt: skip
+        return [missing], stage_part(evidence), evidence, updated_library
+    base, says = baseline.window, f" [baseline: {baseline.says}]"
+    assert base.latency is not None and target.latency is not None
+    window = [*_latency_measurements(name, base.latency, target.latency, says),
+              _error_measurement(name, base, target, 1 - control.budget.immediate_alpha, says)]  # fmt: skip
+    window[0] = immediate_latency(window[0], base.latency, target.latency)
+    changes = {
+        "latency_p50": relative_change_pct(quantile(base.latency, 0.5), quantile(target.latency, 0.5)),
+        "latency_p95": relative_change_pct(quantile(base.latency, 0.95), quantile(target.latency, 0.95)),
+        "error_rate": (target.errors / target.requests - base.errors / max(base.requests, 1)) * 100,
+    }
+    kept = dict(evidence)
+    for key, change in changes.items():
+        margin = keys[key][0]
+        bounded = change if math.isfinite(change) else 1e9
+        kept[f"{name}.{key}"] = observe(
+            kept.get(f"{name}.{key}", SignEvidence()), bounded, margin, control.budget.planned_windows
+        )
+    return window, stage_part(kept), kept, updated_library
+
+
+def whole_shift_pct(source: Histogram, target: Histogram) -> tuple[float, float, float]:
+    """Rises of the p10, p25 and p50: a window's whole distribution moved only when all three did.
+
+    A stall (GC pause, noisy neighbour) delays a burst of a window's requests: it moves the upper
+    quantiles, and the median once the burst is large, but barely the lower ones. A slower target
+    moves them all. The Mann-Whitney p-value cannot tell them apart (a burst is not independent
+    requests): it is far too small under a stall. The false-alarm bench found one stall plus the
+    ordinary noise of 300-request quantiles moving the p25 and p50 (and even the p10) past 15% in
+    2 of 100 equal 72-hour stages: hence all three, and twice the effect the stage must catch.
+    """
+    return tuple(relative_change_pct(quantile(source, q), quantile(target, q)) for q in (0.1, 0.25, 0.5))  # type: ignore[return-value]
+
+
+def immediate_latency(shift: Measurement, source: Histogram, target: Histogram) -> Measurement:
+    """The window's latency judged for an immediate rollback: the smallest of the p10, p25 and p50 rises."""
+    p10, p25, p50 = whole_shift_pct(source, target)
+    return shift.model_copy(update={"observed": round(min(p10, p25, p50), 2),
+                                    "detail": f"{shift.detail}; p10 {p10:+.1f}%, p25 {p25:+.1f}%: judged on the "
+                                    "smallest of the p10/p25/p50 rises"})  # fmt: skip
+
+
+def judge_window_staged(request: JudgeWindowInput, control: StageControl) -> WindowJudgement:
+    """Each window judged for a large, certain regression; every window also counted towards the stage's test."""
+    previous = {snapshot.endpoint: snapshot for snapshot in request.previous}
+    limits, budget = request.thresholds, control.budget
+    window_part: list[Measurement] = []
+    stage_part: list[Measurement] = []
+    evidence, library = dict(request.evidence), dict(request.library)
+    for current in request.current:
+        w, st, evidence, levels = measure_endpoint_staged(
+            previous.get(current.endpoint), current, limits, control, evidence,
+            library.get(current.endpoint, []), request.stage,
+        )  # fmt: skip
+        window_part += w
+        stage_part += st
+        library[current.endpoint] = levels
+    subject = f"cutover:{request.stage}"
+    immediate = judge(subject, window_part, _immediate_rules(limits), 1 - budget.immediate_alpha).checks
+    staged = judge(subject, stage_part, _stage_rules(limits, budget.sequential_alpha)).checks
+    return WindowJudgement(verdict=verdict(subject, [*immediate, *staged]), baselines=request.baselines,
+                           evidence=evidence, library=library)  # fmt: skip

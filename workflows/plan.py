@@ -298,11 +298,31 @@ class Thresholds(_Model):
         15.0,
         ge=0,
         le=1000,
-        description="Allowed p50/p95/p99 increase of target over source; at most 1000 "
+        description="The p50/p95 slowdown of target over source a cutover stage must catch (half of it is "
+        "tolerated; one window whose p10, p25 and p50 are all beyond twice it rolls back at once when certain); "
+        "at most 1000 "
         "(an 11x slower target): above that latency could never fail",
     )
     error_rate_increase_pp: float = Field(
-        0.1, ge=0, le=100, description="Allowed error-rate increase, percentage points of a rate that is 0-100"
+        0.1,
+        ge=0,
+        le=100,
+        description="The error-rate increase a stage must catch, percentage points of a rate that "
+        "is 0-100 (half of it tolerated; one window beyond it rolls back at once when certain)",
+    )
+    stage_false_rollback_rate: float = Field(
+        0.01,
+        gt=0,
+        le=0.2,
+        description="Cutover: the probability that a stage of equal endpoints rolls back, "
+        "bounded over the stage's whole duration (all endpoints and metrics together); at most 0.2",
+    )
+    load_match_tolerance: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Cutover: request rates within this share of each other count as the same load "
+        "(a target is never compared with a source window at a lighter load)",
     )
     loss_divergence_pct: float = Field(
         1.0,
@@ -408,6 +428,13 @@ class ParallelRunSpec(_Model):
         default_factory=JobTolerances, description="How the job arms are compared (noise-floor margin, tolerances)"
     )
     seed: int = 1234
+    throughput_trials: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Runs of each job a side, interleaved in time, that its throughput is judged "
+        "from (fewer than 3: a slower target is at most inconclusive)",
+    )
     steps: int = Field(60, ge=5, le=100_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     sample_bytes: int = Field(

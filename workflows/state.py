@@ -21,9 +21,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.checkpoints.sealed import SealResult
     from activities.jobs import JobBenchComparison, JobComparison
     from activities.metrics import EndpointSnapshot
+    from activities.sequential import SignEvidence
     from activities.shadow.runner import ShadowResult
     from activities.transfer.archive import ReleaseResult
-    from activities.validate import PocComparison, SideWindow, Verdict
+    from activities.validate import LoadBaseline, PocComparison, SideWindow, Verdict
 
 #: The lifecycle, in order (MigrationWorkflow.lifecycle() runs these); `status` shows the same words.
 #: `shadow` runs only when an endpoint has a `shadow` section; `failback` (the window after the final
@@ -94,6 +95,12 @@ class CutoverProgress(BaseModel):
     skip_requested: bool = False
     promote_requested: bool = False
     baselines: dict[str, SideWindow] = Field(default_factory=dict, description="Source's last full window")
+    evidence: dict[str, SignEvidence] = Field(
+        default_factory=dict, description="This stage's sequential evidence per '<endpoint>.<metric>' (counters)"
+    )
+    library: dict[str, list[LoadBaseline]] = Field(
+        default_factory=dict, description="Per endpoint, the source's windows by load level (a few summaries)"
+    )
 
 
 class PocResult(BaseModel):

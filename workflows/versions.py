@@ -36,6 +36,8 @@ BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
 FAILBACK_WINDOW = "2026-12-failback-window"
 MONITORED_SOAK = "2026-12-monitored-soak"
 HANDOFF_ARM = "2026-12-handoff-arm"
+STAGE_VERDICTS = "2026-12-stage-verdicts"
+INTERLEAVED_TRIALS = "2026-12-interleaved-trials"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -58,4 +60,10 @@ PATCHES: tuple[Patch, ...] = (
     Patch(HANDOFF_ARM, "2026-12-03",
           "a resumable job (plan resume:) gets a fourth arm in the parallel run: SIGTERM on the source, its "
           "checkpoint delta-synced, resumed on the target, judged for continuity against the uninterrupted source"),
+    Patch(STAGE_VERDICTS, "2026-12-03",
+          "cutover: the source measured for one interval before traffic moves (load-matched baselines); windows "
+          "judged with the stage's sequential test, its evidence reset per stage"),
+    Patch(INTERLEAVED_TRIALS, "2026-12-03",
+          "parallel run: arms interleaved (source, target, source again) and further runs a side up to "
+          "parallel_run.throughput_trials, so throughput is judged from trials, never one run"),
 )  # fmt: skip

@@ -24,6 +24,7 @@ from temporalio import activity
 from activities.analysis import AnalysisRule, Measurement, Verdict, judge
 from activities.jobs.run import JobResult
 from activities.jobs.spec import JobCostModel, JobSpec
+from activities.trials import slowdown_measurement
 
 
 class JobBenchSide(BaseModel):
@@ -124,7 +125,9 @@ def summarize_side(side: JobBenchSide, job: JobSpec, cost: JobCostModel) -> JobB
 def bench_rules(request: JudgeJobBenchInput) -> list[AnalysisRule]:
     return [
         AnalysisRule(metric="trials:*", compare="at_most", threshold=0, unit=" failed"),
-        AnalysisRule(metric="throughput_ratio", compare="at_least", threshold=request.min_throughput_ratio, unit="x"),
+        AnalysisRule(
+            metric="throughput", compare="beyond_uncertainty", threshold=round(1 - request.min_throughput_ratio, 6)
+        ),
         AnalysisRule(metric="cost_ratio", compare="at_most", threshold=request.max_cost_ratio, unit="x"),
     ]
 
@@ -141,13 +144,14 @@ def judge_bench(request: JudgeJobBenchInput) -> JobBenchComparison:
         for name, side, trials in (("source", source, request.source), ("target", target, request.target))
     ]  # fmt: skip
     ratio = target.per_s.median / source.per_s.median if source.per_s.median and target.per_s.median else None
-    measurements.append(
-        Measurement(
-            metric="throughput_ratio", observed=ratio, source=source.per_s.median, target=target.per_s.median,
-            detail=f"steady-state {source.unit}/s, median of trials: target {_fmt(target.per_s)} vs source "
-            f"{_fmt(source.per_s)}",
-        )
-    )  # fmt: skip
+    # Each trial's rate: a slower target counts only beyond the allowed slowdown, the source's own spread and
+    # the trials' overlap (activities.trials); fewer than 3 trials a side or overlap: inconclusive, never a fail.
+    rates = {side: [t.timing.steady_per_s for t in trials.trials if t.ok and t.timing.steady_per_s]
+             for side, trials in (("source", request.source), ("target", request.target))}  # fmt: skip
+    throughput = slowdown_measurement("throughput", rates["source"], rates["target"], f"{source.unit}/s")
+    if ratio is not None:
+        throughput.detail = f"steady state, target at {ratio:.2f}x the source: {throughput.detail}"
+    measurements.append(throughput)
     cost_s, cost_t = source.cost_per_1k_samples_usd, target.cost_per_1k_samples_usd
     cost_ratio = cost_t / cost_s if cost_s and cost_t is not None else None
     measurements.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from activities.jobs.files import download_artifact, read_artifact
 from activities.jobs.run import JobResult
 from activities.jobs.series import Record, load_series
 from activities.jobs.spec import JobTolerances
+from activities.trials import slowdown_measurement
 
 ARMS = ("source", "source_repeat", "target")
 _SEVERITY = {"pass": 0, "inconclusive": 1, "error": 2, "fail": 3}
@@ -34,6 +36,10 @@ class CompareJobArmsInput(BaseModel):
     source_repeat: JobResult
     target: JobResult
     tolerances: JobTolerances = Field(default_factory=JobTolerances)
+    source_trials: list[JobResult] = Field(
+        default_factory=list, description="Further source runs, interleaved in time with target_trials: throughput only"
+    )
+    target_trials: list[JobResult] = Field(default_factory=list, description="Further target runs: throughput only")
 
 
 class ArmRow(BaseModel):
@@ -66,9 +72,11 @@ class ThroughputRow(BaseModel):
     source_repeat: float | None
     target: float | None
     slowdown: float | None = Field(None, description="(source - target) / source")
-    spread: float | None = Field(None, description="|source again - source| / source")
+    spread: float | None = Field(None, description="The source trials' range / their median (its own noise)")
     limit: float | None = None
     outcome: str = "pass"
+    source_trials: list[float] = Field(default_factory=list, description="Every source trial's steady rate, in order")
+    target_trials: list[float] = Field(default_factory=list, description="Every target trial's steady rate, in order")
 
 
 class TensorRow(BaseModel):
@@ -105,7 +113,7 @@ def default_rules(tolerances: JobTolerances) -> list[AnalysisRule]:
         AnalysisRule(metric="missing_steps", compare="at_most", threshold=0, unit=" steps"),
         AnalysisRule(metric="missing:*", compare="at_most", threshold=0),
         AnalysisRule(metric="bytes:*", compare="at_most", threshold=0, dry_run=True),
-        AnalysisRule(metric="throughput", compare="within_floor", threshold=t.throughput_tolerance),
+        AnalysisRule(metric="throughput", compare="beyond_uncertainty", threshold=t.throughput_tolerance),
         AnalysisRule(
             metric="tensor:*", compare="within_floor", threshold=1.0, floor_margin=t.floor_margin, unit=" tol"
         ),
@@ -188,23 +196,31 @@ def measure_series(
     return measurements, rows
 
 
-def measure_throughput(arms: dict[str, JobResult]) -> tuple[Measurement, ThroughputRow]:
-    rates = {name: arm.timing.steady_per_s for name, arm in arms.items()}
+def measure_throughput(
+    arms: dict[str, JobResult], source_trials: Sequence[JobResult] = (), target_trials: Sequence[JobResult] = ()
+) -> tuple[Measurement, ThroughputRow]:
+    """Every trial's steady rate per side (the arms first, then further interleaved trials), judged as trials:
+    a slower target counts only beyond the tolerance, the source's own spread and the trials' overlap."""
     unit = arms["source"].timing.unit
-    source, repeat, target = rates["source"], rates["source_repeat"], rates["target"]
-    if not source or target is None or repeat is None or arms["target"].timing.unit != unit:
-        detail = "too few steps (or different units) to measure steady-state throughput on every arm"
-        row = ThroughputRow(unit=unit, source=source, source_repeat=repeat, target=target, outcome="inconclusive")
+    sources = [arms["source"], arms["source_repeat"], *source_trials]
+    targets = [arms["target"], *target_trials]
+    s_rates = [r.timing.steady_per_s for r in sources]
+    t_rates = [r.timing.steady_per_s for r in targets]
+    units = {r.timing.unit for r in [*sources, *targets]}
+    if any(not rate for rate in [*s_rates, *t_rates]) or len(units) > 1:
+        detail = "too few steps (or different units) to measure steady-state throughput on every trial"
+        row = ThroughputRow(unit=unit, source=s_rates[0], source_repeat=s_rates[1], target=t_rates[0],
+                            outcome="inconclusive")  # fmt: skip
         return Measurement(metric="throughput", detail=detail), row
-    slowdown, spread = (source - target) / source, abs(repeat - source) / source
-    measurement = Measurement(
-        metric="throughput", observed=slowdown, source=source, target=target, floor=spread,
-        detail=f"steady state {target:.4g} vs {source:.4g} {unit}/s (source again {repeat:.4g}): "
-        f"target {slowdown:+.1%} slower",
-    )  # fmt: skip
+    source_values = [float(r) for r in s_rates if r]
+    target_values = [float(r) for r in t_rates if r]
+    measurement = slowdown_measurement("throughput", source_values, target_values, f"{unit}/s")
+    measurement.detail = "steady state: " + measurement.detail
     return measurement, ThroughputRow(
-        unit=unit, source=source, source_repeat=repeat, target=target, slowdown=slowdown, spread=spread
-    )
+        unit=unit, source=statistics.median(source_values), source_repeat=source_values[1],
+        target=statistics.median(target_values), slowdown=measurement.observed, spread=measurement.floor,
+        source_trials=source_values, target_trials=target_values,
+    )  # fmt: skip
 
 
 def measure_outputs(
@@ -340,7 +356,7 @@ def compare_arms(request: CompareJobArmsInput) -> JobComparison:
         metric_measurements, comparison.metrics = measure_series(
             series["source"], series["source_repeat"], series["target"], tolerances, rules
         )
-        throughput, comparison.throughput = measure_throughput(arms)
+        throughput, comparison.throughput = measure_throughput(arms, request.source_trials, request.target_trials)
         tensor_measurements, tensor_rows = measure_outputs(arms, tolerances, rules)
         measurements += [*metric_measurements, throughput, *tensor_measurements]
     else:

@@ -137,6 +137,8 @@ def windows(recorded: Recorded) -> list[tuple[datetime, float, dict, dict]]:
     scrapes = [a.closed_at for a in recorded.results("scrape_endpoints")]
     out = []
     for judged in recorded.results("judge_window"):
+        if _records_only(judged):
+            continue
         before = [t for t in scrapes if t <= judged.scheduled_at]
         seconds = (before[-1] - before[-2]).total_seconds() if len(before) >= 2 else math.nan
         out.append((judged.closed_at, seconds, judged.input, judged.result))
@@ -279,11 +281,17 @@ VERDICT_ACTIVITIES: dict[str, tuple[Callable[[Any], dict], Callable[[MigrationPl
 }  # fmt: skip
 
 
+def _records_only(record) -> bool:
+    """A judge_window call that only recorded the source's load before traffic moved: no verdict, no window."""
+    control = (record.input or {}).get("control") if isinstance(record.input, dict) else None
+    return bool(control and control.get("record_only"))
+
+
 def verdict_rows(recorded: Recorded, state: MigrationState) -> list[VerdictRow]:
     rows = []
     for record in recorded.activities:
         known = VERDICT_ACTIVITIES.get(record.activity)
-        if known is None or record.status != "completed":
+        if known is None or record.status != "completed" or _records_only(record):
             continue
         extract, describe = known
         verdict = extract(record.result)

@@ -2,24 +2,30 @@
 
 For each stage: wait for approval if the plan asks, register "route everything back to the
 source" *before* changing weights, set the weights, then hold the stage on durable timers,
-measuring both sides every monitor interval. A failing window rolls back at once; a run of
-inconclusive windows pauses for an operator.
+measuring both sides every monitor interval. Each window is judged against a baseline at the
+target's load (before any traffic moves, the source is measured alone at full load for one interval:
+the baseline at 100%); a large, certain regression in one window rolls back at once, smaller ones
+when the stage's sequential test decides (its false-rollback probability bounded over the whole
+stage, `activities.sequential`); a run of inconclusive windows pauses for an operator.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.metrics import ScrapeInput, scrape_endpoints
+    from activities.sequential import StageBudget
     from activities.traffic import RouteInput, route_traffic
-    from activities.validate import JudgeWindowInput, WindowThresholds, judge_window
+    from activities.validate import JudgeWindowInput, StageControl, WindowThresholds, judge_window
     from workflows.phases.context import MigrationContext
     from workflows.plan import CONTROL_TASK_QUEUE, MigrationPlan, Stage
     from workflows.saga import Compensation
     from workflows.state import SA_TRAFFIC, MigrationState
+    from workflows.versions import STAGE_VERDICTS
 
 QUICK = timedelta(minutes=2)
 
@@ -53,11 +59,14 @@ class StagedCutover:
             progress.stage_elapsed_s = 0
             progress.entered = progress.skip_requested = False
             progress.inconclusive_streak = progress.error_streak = 0
+            progress.evidence = {}
 
     async def _enter_stage(self, stage: Stage, approval: bool) -> None:
         if approval:
             await self.ctx.gate(stage.name, f"route {stage.percent}% of traffic to {self.plan.target}")
         await self.ctx.checkpoint()
+        if self.state.traffic_percent == 0 and self.plan.workloads.endpoints and workflow.patched(STAGE_VERDICTS):
+            await self._record_source_load()
         self.state.stage = stage.name
         await self._route(stage.percent, f"stage {stage.name}")
         self.state.cutover.entered = True
@@ -104,13 +113,61 @@ class StagedCutover:
             step = min(interval, remaining) if measuring else remaining
             started = workflow.now()
             await self.ctx.wait(operator_moved_on, timeout=timedelta(seconds=step), summary=f"hold {stage.name}")
-            progress.stage_elapsed_s += (workflow.now() - started).total_seconds()
+            waited = (workflow.now() - started).total_seconds()
+            progress.stage_elapsed_s += waited
             if operator_moved_on():
                 break
             if measuring:
-                await self._judge(stage)
+                await self._judge(stage, waited)
             await self.ctx.checkpoint()
             self.ctx.continue_as_new_if_suggested()
+
+    async def _record_source_load(self) -> None:
+        """One interval of the source alone at full load, before traffic moves: the baseline the target at 100%
+        is judged against (at 100% the source is idle; a window measured at another load is never the baseline)."""
+        interval = self.plan.cutover.monitor_interval
+        before, started = await self._scrape(), workflow.now()
+        await self.ctx.wait(lambda: False, timeout=interval, summary="measure the source at full load")
+        seconds = (workflow.now() - started).total_seconds()
+        recorded, _ = await self._judge_window("before", before, self._control(1, seconds, record_only=True))
+        self.state.cutover.library = recorded.library
+        self.ctx.audit("skyshift", "baseline_recorded", "the source at full load for one interval: " + "; ".join(
+            f"{name} {', '.join(f'{level.rate:.3g} req/s' for level in levels)}"
+            for name, levels in recorded.library.items()))  # fmt: skip
+
+    def _control(self, planned_windows: int, seconds: float, record_only: bool = False) -> StageControl:
+        thresholds = self.plan.thresholds
+        budget = StageBudget(rate=thresholds.stage_false_rollback_rate, planned_windows=max(1, planned_windows),
+                             endpoints=max(1, len(self.plan.workloads.endpoints)))  # fmt: skip
+        return StageControl(budget=budget, window_seconds=seconds if seconds > 0 else None,
+                            load_tolerance=thresholds.load_match_tolerance, record_only=record_only)  # fmt: skip
+
+    async def _judge_window(self, stage: str, previous, control: StageControl | None):
+        thresholds, progress = self.plan.thresholds, self.state.cutover
+        current = await self._scrape()
+        return await workflow.execute_activity(
+            judge_window,
+            JudgeWindowInput(
+                stage=stage,
+                previous=previous,
+                current=current,
+                thresholds=WindowThresholds(
+                    latency_increase_pct=thresholds.latency_increase_pct,
+                    error_rate_increase_pp=thresholds.error_rate_increase_pp,
+                    min_samples=thresholds.min_samples,
+                    confidence=thresholds.confidence,
+                    dry_run=list(thresholds.dry_run),
+                ),
+                baselines=progress.baselines,
+                control=control,
+                evidence=progress.evidence,
+                library=progress.library,
+            ),
+            task_queue=CONTROL_TASK_QUEUE,
+            start_to_close_timeout=QUICK,
+            summary=f"judge window at {stage}" if control is None or not control.record_only
+            else "record the source's load and latency",
+        ), current  # fmt: skip
 
     async def _scrape(self):
         return await workflow.execute_activity(
@@ -121,28 +178,15 @@ class StagedCutover:
             summary="scrape metrics from both sides",
         )
 
-    async def _judge(self, stage: Stage) -> None:
+    async def _judge(self, stage: Stage, window_s: float) -> None:
         thresholds, progress = self.plan.thresholds, self.state.cutover
-        current = await self._scrape()
-        judgement = await workflow.execute_activity(
-            judge_window,
-            JudgeWindowInput(
-                stage=stage.name,
-                previous=progress.previous,
-                current=current,
-                thresholds=WindowThresholds(
-                    latency_increase_pct=thresholds.latency_increase_pct,
-                    error_rate_increase_pp=thresholds.error_rate_increase_pp,
-                    min_samples=thresholds.min_samples,
-                    confidence=thresholds.confidence,
-                    dry_run=list(thresholds.dry_run),
-                ),
-                baselines=progress.baselines,
-            ),
-            task_queue=CONTROL_TASK_QUEUE,
-            start_to_close_timeout=QUICK,
-            summary=f"judge window at {stage.name}",
-        )
+        control = None
+        if workflow.patched(STAGE_VERDICTS):
+            interval = self.plan.cutover.monitor_interval.total_seconds()
+            control = self._control(math.ceil(stage.duration.total_seconds() / interval), window_s)
+        judgement, current = await self._judge_window(stage.name, progress.previous, control)
+        if control is not None:
+            progress.evidence, progress.library = judgement.evidence, judgement.library
         verdict = judgement.verdict
         progress.previous, progress.baselines = current, judgement.baselines
         self.ctx.record_verdict(verdict)

@@ -1,10 +1,11 @@
 """Parallel run: the operator's own jobs on both clouds, the target judged against the source's own noise.
 
-Each job runs as three arms — source, source again, target — with the same seed; a difference of the
-target counts only where it beats the difference between the source and itself. A resumable job
-(plan `resume:`) has a fourth, `handoff`: the source to step k, SIGTERM, its checkpoint delta-synced,
-the target resumes it to the end, judged for continuity against the uninterrupted source. A plan
-without jobs trains the built-in seeded model on its first dataset instead.
+Each job runs as three arms — source, target, source again — with the same seed; a difference of the
+target counts only where it beats the difference between the source and itself. Throughput is judged
+from `parallel_run.throughput_trials` runs a side, interleaved in time (activities.trials). A resumable
+job (plan `resume:`) has a fourth, `handoff`: the source to step k, SIGTERM, its checkpoint
+delta-synced, the target resumes it to the end, judged for continuity against the uninterrupted
+source. A plan without jobs trains the built-in seeded model on its first dataset instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.phases.context import MigrationContext
     from workflows.phases.handoff import hand_off
     from workflows.phases.job_runs import run_job_on
-    from workflows.versions import HANDOFF_ARM
+    from workflows.versions import HANDOFF_ARM, INTERLEAVED_TRIALS
 
 
 async def parallel_run(ctx: MigrationContext) -> None:
@@ -66,13 +67,27 @@ async def parallel_run(ctx: MigrationContext) -> None:
 async def job_arms(ctx: MigrationContext, job: JobSpec) -> None:
     """Source, source again, target: the target's differences count only where they beat the source's own."""
     source, target = ctx.plan.source_env, ctx.plan.target_env
-    first = await run_job_on(ctx, job, source, "source")
-    repeat = await run_job_on(ctx, job, source, "source-repeat")
-    moved = await run_job_on(ctx, job, target, "target")
+    more_sources, more_targets = [], []
+    if workflow.patched(INTERLEAVED_TRIALS):
+        # Interleaved in time (source, target, source again, target, source, ...) so a busy minute on a shared
+        # host hits both sides; the further runs count for throughput only (activities.trials).
+        trials = ctx.plan.parallel_run.throughput_trials
+        first = await run_job_on(ctx, job, source, "source")
+        moved = await run_job_on(ctx, job, target, "target")
+        repeat = await run_job_on(ctx, job, source, "source-repeat")
+        for trial in range(1, trials):
+            more_targets.append(await run_job_on(ctx, job, target, "target", trial))
+            if 2 + len(more_sources) < trials:
+                more_sources.append(await run_job_on(ctx, job, source, "source", trial))
+    else:
+        first = await run_job_on(ctx, job, source, "source")
+        repeat = await run_job_on(ctx, job, source, "source-repeat")
+        moved = await run_job_on(ctx, job, target, "target")
     comparison = await ctx.control(
         compare_job_arms,
         CompareJobArmsInput(job=job.name, source=first, source_repeat=repeat, target=moved,
-                            tolerances=ctx.plan.parallel_run.jobs),
+                            tolerances=ctx.plan.parallel_run.jobs, source_trials=more_sources,
+                            target_trials=more_targets),
         f"{job.name}: three arms against the noise floor", timeout=timedelta(hours=1), long_running=True,
     )  # fmt: skip
     ctx.state.jobs.append(comparison)
