@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import WorkflowHandle
@@ -124,3 +125,15 @@ async def approve_gates(
         await asyncio.sleep(0.2)
     seen = state and state.model_dump_json(include={"phase", "stage", "traffic_percent", "outcome_reason", "audit"})
     raise AssertionError(f"timed out approving gates: {seen}")
+
+
+def recorded_histories(workflow: str = "MigrationWorkflow") -> dict[str, Path]:
+    """tests/histories by scenario name, only those recording `workflow` (the first event names it)."""
+    import json
+
+    found = {}
+    for path in sorted((Path(__file__).parent / "histories").glob("*.json")):
+        first = json.loads(path.read_text())["events"][0]
+        if first["workflowExecutionStartedEventAttributes"]["workflowType"]["name"] == workflow:
+            found[path.stem.split("@")[0]] = path
+    return found

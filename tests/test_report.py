@@ -12,7 +12,6 @@ import asyncio
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from markupsafe import escape
@@ -23,9 +22,10 @@ from starters.report import write_report
 from starters.report.history import Recorded, read_runs
 from starters.report.html import usd
 from starters.report.model import Report
+from tests.helpers import recorded_histories
 from workflows.state import MigrationState
 
-HISTORIES = {p.stem.split("@")[0]: p for p in sorted((Path(__file__).parent / "histories").glob("*.json"))}
+HISTORIES = recorded_histories("MigrationWorkflow")  # a sync's history is not a migration's
 PLOTS = ("loss_curves", "throughput", "latency", "traffic", "egress")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -20,9 +19,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from starters.render import SyncProgress
 from starters.report.history import Recorded, read_runs
 from starters.watch import Timer, build_frame, plain_lines, screen
+from tests.helpers import recorded_histories
 from workflows.state import Gate
 
-HISTORIES = {p.stem.split("@")[0]: p for p in sorted((Path(__file__).parent / "histories").glob("*.json"))}
+HISTORIES = recorded_histories("MigrationWorkflow")  # a sync's history is not a migration's
 T0 = datetime(2026, 11, 22, 6, 3, 0, tzinfo=UTC)
 
 
