@@ -200,3 +200,9 @@ def judge(
 ) -> Verdict:
     """The one judge: each measurement by the first rule matching its name; the worst acting check decides."""
     return verdict(subject, [judge_measurement(m, rule_for(m.metric, rules), confidence) for m in measurements])
+
+
+def relative_change_pct(source: float, target: float) -> float:
+    if source == 0:
+        return 0.0 if target == 0 else math.inf
+    return (target - source) / abs(source) * 100

@@ -7,6 +7,7 @@ loss curves; a corrupted copy, a different kernel or a numerics drift shows up a
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.analysis import Check, Verdict, relative_change_pct, verdict
 from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import StoreSpec, open_store
 from activities.transfer.layout import user_objects
@@ -130,3 +132,66 @@ def train_seeded(request: TrainInput) -> TrainResult:
         param_norm=float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters()))),
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+# -- how two runs compare: the parallel run's judge for plans without jobs -------------------------
+
+
+class CompareTrainingInput(BaseModel):
+    source: TrainResult
+    target: TrainResult
+    loss_divergence_pct: float
+
+
+def _worst_divergence_pct(source: list[float], target: list[float]) -> float:
+    if len(source) != len(target) or not source:
+        return math.inf
+    return max(abs(relative_change_pct(a, b)) for a, b in zip(source, target, strict=True))
+
+
+def _curve_check(metric: str, source: list[float], target: list[float], limit: float) -> Check:
+    worst = _worst_divergence_pct(source, target)
+    return Check(
+        metric=metric,
+        outcome="pass" if worst <= limit else "fail",
+        source=source[-1] if source else None,
+        target=target[-1] if target else None,
+        observed=round(worst, 6),
+        threshold=limit,
+        detail=f"largest per-step divergence {worst:.4g}% over {len(source)} steps (allowed {limit}%)",
+    )
+
+
+def judge_training(request: CompareTrainingInput) -> Verdict:
+    s, t, limit = request.source, request.target, request.loss_divergence_pct
+    params = abs(relative_change_pct(s.param_norm, t.param_norm))
+    same_data = s.data_blake3 == t.data_blake3 and s.object_key == t.object_key
+    checks = [
+        _curve_check("loss_curve", s.losses, t.losses, limit),
+        _curve_check("grad_norm_curve", s.grad_norms, t.grad_norms, limit),
+        Check(
+            metric="final_params",
+            outcome="pass" if params <= limit else "fail",
+            source=s.param_norm,
+            target=t.param_norm,
+            observed=round(params, 6),
+            threshold=limit,
+            detail=(
+                "bit-identical final tensors" if s.param_digest == t.param_digest else "final tensors differ bitwise"
+            )
+            + f", parameter norm differs {params:.4g}%",
+        ),
+        Check(
+            metric="training_data",
+            outcome="pass" if same_data else "fail",
+            detail=f"both sides trained on identical bytes of {s.object_key}"
+            if same_data
+            else f"training bytes differ: {s.object_key} {s.data_blake3[:12]} vs {t.object_key} {t.data_blake3[:12]}",
+        ),
+    ]
+    return verdict("parallel_run", checks)
+
+
+@activity.defn
+def compare_training(request: CompareTrainingInput) -> Verdict:
+    return judge_training(request)

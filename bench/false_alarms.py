@@ -32,18 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from activities.analysis import relative_change_pct
 from activities.metrics import LATENCY_BUCKETS, EndpointSnapshot, Histogram, SideSnapshot
 from activities.sequential import SignEvidence, StageBudget, observe, windows_to_decide
 from activities.stats import bin_counts, mann_whitney_greater
-from activities.validate import (
-    JudgeWindowInput,
-    StageControl,
-    WindowThresholds,
-    judge_window,
-    quantile,
-    relative_change_pct,
-    whole_shift_pct,
-)
+from activities.windows import JudgeWindowInput, StageControl, WindowThresholds, judge_window, quantile, whole_shift_pct
 
 WINDOWS = 4_320  # 72 hours judged every minute
 WINDOW_S = 60.0

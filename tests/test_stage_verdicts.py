@@ -10,7 +10,7 @@ import random
 
 from activities.metrics import LATENCY_BUCKETS, EndpointSnapshot, Histogram, SideSnapshot
 from activities.sequential import StageBudget, windows_to_decide
-from activities.validate import JudgeWindowInput, StageControl, WindowJudgement, WindowThresholds, judge_window
+from activities.windows import JudgeWindowInput, StageControl, WindowJudgement, WindowThresholds, judge_window
 
 LIMITS = WindowThresholds(latency_increase_pct=15, error_rate_increase_pp=0.1, min_samples=50)
 SECONDS = 6.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from activities.assess import inventory_storage, project_assessment
 from activities.bench import run_benchmark_activity
 from activities.bench.judge import judge_bench_activity
+from activities.bench.poc import compare_benchmarks
 from activities.checkpoints.compat import checkpoint_compatibility
 from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
@@ -15,7 +16,7 @@ from activities.metrics import scrape_endpoints
 from activities.preemption.watch import acknowledge_preemption, watch_preemption
 from activities.shadow.runner import run_shadow, set_mirror
 from activities.traffic import route_traffic
-from activities.training import train_seeded
+from activities.training import compare_training, train_seeded
 from activities.transfer.archive import archive_workload, release_source, verify_archive
 from activities.transfer.ledger import remove_created
 from activities.transfer.sync import (
@@ -26,7 +27,7 @@ from activities.transfer.sync import (
     fingerprint_range,
     finish_sync,
 )
-from activities.validate import compare_benchmarks, compare_training, judge_window
+from activities.windows import judge_window
 from workflows.migration import MigrationWorkflow
 from workflows.sync import DatasetSyncWorkflow
 

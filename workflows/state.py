@@ -14,9 +14,11 @@ from workflows.saga import Saga
 from workflows.sync import SyncResult
 
 with workflow.unsafe.imports_passed_through():
+    from activities.analysis import Verdict
     from activities.assess import AssessReport
     from activities.bench import BenchResult
     from activities.bench.judge import PocJudgement
+    from activities.bench.poc import PocComparison
     from activities.checkpoints.compat import CompatibilityReport
     from activities.checkpoints.sealed import SealResult
     from activities.jobs import JobBenchComparison, JobComparison
@@ -24,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.sequential import SignEvidence
     from activities.shadow.runner import ShadowResult
     from activities.transfer.archive import ReleaseResult
-    from activities.validate import LoadBaseline, PocComparison, SideWindow, Verdict
+    from activities.windows import LoadBaseline, SideWindow
 
 #: The lifecycle, in order (MigrationWorkflow.lifecycle() runs these); `status` shows the same words.
 #: `shadow` runs only when an endpoint has a `shadow` section; `failback` (the window after the final

@@ -3,7 +3,7 @@
 `run_benchmark` (activity `run_benchmark`) runs the suite and fingerprints the environment on one
 worker; `judge_bench` (activity `judge_bench`) holds both sides against each other, the plan's
 tolerances and each device's datasheet ceiling, and puts both fingerprints in one compatibility
-matrix. The judge lives in `activities.bench.judge` (not re-exported: it builds on `activities.validate`,
+matrix. The judge lives in `activities.bench.judge` (not re-exported: it builds on `activities.windows`,
 which imports this package). Importing this package does not import torch.
 """
 

@@ -29,7 +29,7 @@ from activities.bench.models import (
     Stat,
     SuiteResult,
 )
-from activities.validate import CompareBenchInput, PocComparison, judge_benchmarks
+from activities.bench.poc import CompareBenchInput, PocComparison, judge_benchmarks
 
 
 class BenchTolerances(BaseModel):
@@ -73,7 +73,7 @@ class PocJudgement(BaseModel):
     figures: list[FigureRow]
     compatibility: CompatibilityMatrix | None = None
     comparison: PocComparison | None = Field(
-        None, description="Throughput and cost per unit (activities.validate), its verdict replaced by the whole one"
+        None, description="Throughput and cost per unit (activities.windows), its verdict replaced by the whole one"
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from activities.analysis import Check, Verdict, verdict
 from activities.assess import GPU_MEMORY_GB, SERVE_OVERHEAD, TRAIN_OVERHEAD
 from activities.checkpoints.errors import CheckpointError
 from activities.checkpoints.fetch import fetch_checkpoint, local_location
@@ -26,7 +27,6 @@ from activities.checkpoints.layout import resolve
 from activities.checkpoints.models import CheckpointInspection, DeviceFacts, WorkerEnvironment
 from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import StoreSpec, open_store
-from activities.validate import Check, Verdict, verdict
 
 #: Lowest CUDA compute capability with hardware support for a dtype (bf16: Ampere; fp8: Ada/Hopper).
 DTYPE_MIN_CAPABILITY: dict[str, tuple[int, int]] = {

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, Field
 
-from activities.analysis import AnalysisRule, Measurement, Verdict, judge
+from activities.analysis import AnalysisRule, Measurement, Verdict, judge, relative_change_pct
 from activities.stats import two_proportion_greater
-from activities.validate import relative_change_pct
 from skyshift.spec.shadow import ShadowSpec
 
 MAX_FIELD_CHECKS = 10

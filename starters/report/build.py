@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from activities.metrics import EndpointSnapshot
-from activities.validate import histogram_delta, quantile
+from activities.windows import histogram_delta, quantile
 from skyshift.spec.endpoints import PrometheusProvider
 from starters.report.effective import effective_both
 from starters.report.history import Recorded

@@ -18,7 +18,7 @@ from temporalio import workflow
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.validate import Verdict
+    from activities.analysis import Verdict
     from skyshift import metrics
     from workflows.plan import CONTROL_TASK_QUEUE, Checkpoint, Environment, MigrationPlan
     from workflows.saga import Compensation

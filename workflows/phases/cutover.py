@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.metrics import ScrapeInput, scrape_endpoints
     from activities.sequential import StageBudget
     from activities.traffic import RouteInput, route_traffic
-    from activities.validate import JudgeWindowInput, StageControl, WindowThresholds, judge_window
+    from activities.windows import JudgeWindowInput, StageControl, WindowThresholds, judge_window
     from workflows.phases.context import MigrationContext
     from workflows.plan import CONTROL_TASK_QUEUE, MigrationPlan, Stage
     from workflows.saga import Compensation

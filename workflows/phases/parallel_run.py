@@ -24,8 +24,7 @@ with workflow.unsafe.imports_passed_through():
         compare_job_arms,
         judge_handoff,
     )
-    from activities.training import TrainInput, train_seeded
-    from activities.validate import CompareTrainingInput, compare_training
+    from activities.training import CompareTrainingInput, TrainInput, compare_training, train_seeded
     from workflows.phases.context import MigrationContext
     from workflows.phases.handoff import hand_off
     from workflows.phases.job_runs import run_job_on

@@ -15,6 +15,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.bench import BenchInput, run_benchmark_activity
     from activities.bench.judge import BenchTolerances, JudgeBenchInput, judge_bench_activity
+    from activities.bench.poc import CompareBenchInput, compare_benchmarks
     from activities.checkpoints.compat import CompatibilityInput, checkpoint_compatibility
     from activities.checkpoints.inspect import inspect_checkpoint
     from activities.checkpoints.models import InspectInput
@@ -27,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
         record_code_root,
     )
     from activities.stores.base import metadata_spec
-    from activities.validate import CompareBenchInput, compare_benchmarks
     from workflows.phases.context import MigrationContext
     from workflows.phases.job_runs import run_job_on
     from workflows.phases.transfers import copy_workloads, move_sealed

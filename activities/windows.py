@@ -1,5 +1,7 @@
-"""Comparisons and verdicts: benchmarks, loss curves and live traffic windows, target vs source.
+"""Live traffic windows judged, target vs source: per window, and over a whole stage.
 
+The cutover's (and the soak's) judge: each monitor interval's latency histograms and error counts
+of both deployments, compared against a baseline at the same load, with the stage's error budget.
 Every verdict keeps the numbers it was based on (each `Check` has both sides, the observed
 difference and the threshold), so `status`, the Temporal UI and reports can explain a decision
 after the fact. Too little data is *inconclusive*, never *pass*; unreadable data is *error*.
@@ -13,8 +15,15 @@ from typing import NamedTuple
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from activities.analysis import AnalysisRule, Check, Measurement, Outcome, Verdict, judge, judge_measurement, verdict
-from activities.bench import BenchResult
+from activities.analysis import (
+    AnalysisRule,
+    Check,
+    Measurement,
+    Verdict,
+    judge,
+    relative_change_pct,
+    verdict,
+)
 from activities.metrics import EndpointSnapshot, Histogram, SideSnapshot
 from activities.sequential import SignEvidence, StageBudget, observe
 from activities.stats import (
@@ -24,146 +33,6 @@ from activities.stats import (
     normal_quantile,
     two_proportion_greater,
 )
-from activities.training import TrainResult
-from activities.trials import slowdown_measurement
-
-#: Re-exported: workflows, state and tests import the verdict models from here.
-__all__ = ["Check", "Outcome", "Verdict", "verdict"]
-
-
-def relative_change_pct(source: float, target: float) -> float:
-    if source == 0:
-        return 0.0 if target == 0 else math.inf
-    return (target - source) / abs(source) * 100
-
-
-# -- training ----------------------------------------------------------------------------------
-
-
-class CompareTrainingInput(BaseModel):
-    source: TrainResult
-    target: TrainResult
-    loss_divergence_pct: float
-
-
-def _worst_divergence_pct(source: list[float], target: list[float]) -> float:
-    if len(source) != len(target) or not source:
-        return math.inf
-    return max(abs(relative_change_pct(a, b)) for a, b in zip(source, target, strict=True))
-
-
-def _curve_check(metric: str, source: list[float], target: list[float], limit: float) -> Check:
-    worst = _worst_divergence_pct(source, target)
-    return Check(
-        metric=metric,
-        outcome="pass" if worst <= limit else "fail",
-        source=source[-1] if source else None,
-        target=target[-1] if target else None,
-        observed=round(worst, 6),
-        threshold=limit,
-        detail=f"largest per-step divergence {worst:.4g}% over {len(source)} steps (allowed {limit}%)",
-    )
-
-
-def judge_training(request: CompareTrainingInput) -> Verdict:
-    s, t, limit = request.source, request.target, request.loss_divergence_pct
-    params = abs(relative_change_pct(s.param_norm, t.param_norm))
-    same_data = s.data_blake3 == t.data_blake3 and s.object_key == t.object_key
-    checks = [
-        _curve_check("loss_curve", s.losses, t.losses, limit),
-        _curve_check("grad_norm_curve", s.grad_norms, t.grad_norms, limit),
-        Check(
-            metric="final_params",
-            outcome="pass" if params <= limit else "fail",
-            source=s.param_norm,
-            target=t.param_norm,
-            observed=round(params, 6),
-            threshold=limit,
-            detail=(
-                "bit-identical final tensors" if s.param_digest == t.param_digest else "final tensors differ bitwise"
-            )
-            + f", parameter norm differs {params:.4g}%",
-        ),
-        Check(
-            metric="training_data",
-            outcome="pass" if same_data else "fail",
-            detail=f"both sides trained on identical bytes of {s.object_key}"
-            if same_data
-            else f"training bytes differ: {s.object_key} {s.data_blake3[:12]} vs {t.object_key} {t.data_blake3[:12]}",
-        ),
-    ]
-    return verdict("parallel_run", checks)
-
-
-@activity.defn
-def compare_training(request: CompareTrainingInput) -> Verdict:
-    return judge_training(request)
-
-
-# -- benchmarks --------------------------------------------------------------------------------
-
-
-class CompareBenchInput(BaseModel):
-    source: list[BenchResult]
-    target: list[BenchResult]
-    source_price_per_hour: float
-    target_price_per_hour: float
-    min_throughput_ratio: float
-    max_cost_ratio: float
-
-
-class PocComparison(BaseModel):
-    verdict: Verdict
-    throughput_ratio: float
-    source_cost_per_million_samples: float
-    target_cost_per_million_samples: float
-
-
-def _cost_per_million(price_per_hour: float, samples_per_s: float) -> float:
-    return price_per_hour / (samples_per_s * 3600) * 1e6 if samples_per_s > 0 else math.inf
-
-
-def judge_benchmarks(request: CompareBenchInput) -> PocComparison:
-    source = sorted(r.median_train_samples_per_s for r in request.source)[len(request.source) // 2]
-    target = sorted(r.median_train_samples_per_s for r in request.target)[len(request.target) // 2]
-    ratio = target / source if source else 0.0
-    source_cost = _cost_per_million(request.source_price_per_hour, source)
-    target_cost = _cost_per_million(request.target_price_per_hour, target)
-    cost_ratio = target_cost / source_cost if source_cost else math.inf
-    # Every trial of every run: a slower target counts only beyond the allowed slowdown, the source's own
-    # spread and the overlap of the trials (activities.trials); otherwise inconclusive, never a fail.
-    trials = {side: [t.train_samples_per_s for r in results for t in r.trials] or
-              [r.median_train_samples_per_s for r in results]
-              for side, results in (("source", request.source), ("target", request.target))}  # fmt: skip
-    measured = slowdown_measurement("throughput", trials["source"], trials["target"], "samples/s")
-    measured.detail = f"target trains at {ratio:.2f}x the source's samples/s: " + measured.detail
-    rule = AnalysisRule(metric="throughput", compare="beyond_uncertainty",
-                        threshold=round(1 - request.min_throughput_ratio, 6), unit="")  # fmt: skip
-    checks = [
-        judge_measurement(measured, rule, 0.98),
-        Check(
-            metric="cost_per_unit",
-            outcome="pass" if cost_ratio <= request.max_cost_ratio else "fail",
-            source=round(source_cost, 6),
-            target=round(target_cost, 6),
-            observed=round(cost_ratio, 4),
-            threshold=request.max_cost_ratio,
-            detail=f"USD per million samples: {target_cost:.4f} vs {source_cost:.4f} ({cost_ratio:.2f}x, ceiling "
-            f"{request.max_cost_ratio}x)",
-        ),
-    ]
-    return PocComparison(
-        verdict=verdict("poc", checks),
-        throughput_ratio=round(ratio, 4),
-        source_cost_per_million_samples=round(source_cost, 6),
-        target_cost_per_million_samples=round(target_cost, 6),
-    )
-
-
-@activity.defn
-def compare_benchmarks(request: CompareBenchInput) -> PocComparison:
-    return judge_benchmarks(request)
-
 
 # -- live traffic windows ----------------------------------------------------------------------
 

@@ -7,15 +7,8 @@ import math
 import pytest
 
 from activities.metrics import LATENCY_BUCKETS, EndpointSnapshot, Histogram, SideSnapshot, parse_metrics
-from activities.training import TrainResult
-from activities.validate import (
-    CompareTrainingInput,
-    JudgeWindowInput,
-    WindowThresholds,
-    judge_training,
-    judge_window,
-    quantile,
-)
+from activities.training import CompareTrainingInput, TrainResult, judge_training
+from activities.windows import JudgeWindowInput, WindowThresholds, judge_window, quantile
 
 LIMITS = WindowThresholds(latency_increase_pct=15, error_rate_increase_pp=0.1, min_samples=50)
 
