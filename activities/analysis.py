@@ -15,10 +15,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from skyshift.spec.analysis import AnalysisRule
 
 Outcome = Literal["pass", "fail", "inconclusive", "error"]
-Comparison = Literal["at_most", "at_least", "within_floor", "significant_increase", "beyond_uncertainty"]
 _SEVERITY: dict[str, int] = {"pass": 0, "inconclusive": 1, "error": 2, "fail": 3}
 
 
@@ -59,24 +60,6 @@ def verdict(subject: str, checks: list[Check]) -> Verdict:
     if shadow:
         summary += "; dry-run: " + "; ".join(f"{c.metric} would be {c.outcome}: {c.detail}" for c in shadow)
     return Verdict(subject=subject, outcome=outcome, checks=checks, summary=summary)
-
-
-class AnalysisRule(BaseModel):
-    """One check as data. The first rule whose `metric` matches a measurement judges it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    metric: str = Field(min_length=1, description="A measurement name or a glob: loss, eval_*, tensor:*, *.latency")
-    compare: Comparison = Field(description="How the observed value is judged; see COMPARISONS")
-    threshold: float = Field(description="The allowed value (within_floor: allowed whatever the floor)")
-    floor_margin: float = Field(
-        0.0, ge=0, description="within_floor: how far above the source-vs-source floor the target may go (1.0 = 2x)"
-    )
-    dry_run: bool = Field(False, description="Judged and reported, never acted on")
-    on_breach: Literal["fail", "inconclusive"] = Field(
-        "fail", description="What a breach means: 'inconclusive' for rules about having enough data"
-    )
-    unit: str = Field("", description="Shown after numbers in explanations: '%', ' pp', ' samples'")
 
 
 class Measurement(BaseModel):

@@ -6,7 +6,8 @@ from typing import get_args
 
 import pytest
 
-from activities.analysis import COMPARISONS, AnalysisRule, Check, Comparison, Measurement, Verdict, judge
+from activities.analysis import COMPARISONS, AnalysisRule, Check, Measurement, Verdict, judge
+from skyshift.spec.analysis import Comparison
 
 FLOOR_RULES = [
     AnalysisRule(metric="eval_*", compare="within_floor", threshold=0.01, dry_run=True),

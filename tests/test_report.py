@@ -195,7 +195,7 @@ def job_run(store_url: str, job: str, env: str, arm: str, losses: list[float], s
 def test_the_operators_job_gives_curves_by_reference_cost_per_epoch_and_convergence(reports, tmp_path):
     from activities.jobs.bench import JobBenchSide, JudgeJobBenchInput, judge_job_bench
     from activities.jobs.run import JobResult
-    from activities.jobs.spec import JobSpec
+    from skyshift.spec.jobs import JobSpec
     from starters.report.build import build_report
     from starters.report.history import ActivityRecord
 

@@ -7,8 +7,8 @@ from activities.analysis import judge
 from activities.jobs.compare import default_rules, measure_throughput
 from activities.jobs.run import JobResult
 from activities.jobs.series import JobTiming
-from activities.jobs.spec import JobTolerances
 from activities.trials import slowdown_measurement
+from skyshift.spec.jobs import JobTolerances
 
 RULES = default_rules(JobTolerances())
 

@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from activities.checkpoints.kms import KeyRef
-from activities.jobs.spec import JobCostModel, JobSpec, JobTolerances
 from activities.stores.base import StoreSpec, overlap
 from skyshift.spec.endpoints import EndpointPair, MetricsProvider, ScrapeProvider
+from skyshift.spec.jobs import JobCostModel, JobSpec, JobTolerances
 from skyshift.spec.traffic import RouterSpec
 
 CONTROL_TASK_QUEUE = "skyshift.control"

@@ -12,7 +12,7 @@ from activities.jobs.files import ArtifactRef, CodeRoot, CodeRootInput, code_roo
 from activities.jobs.resume import CheckpointRef
 from activities.jobs.run import JobProgress, JobResult, OutputFile, RunJobInput, run_job
 from activities.jobs.series import JobTiming
-from activities.jobs.spec import JobCostModel, JobSpec, JobTolerances, ResumeSpec
+from skyshift.spec.jobs import JobCostModel, JobSpec, JobTolerances, ResumeSpec
 
 __all__ = [
     "ArtifactRef",

@@ -23,8 +23,8 @@ from temporalio import activity
 
 from activities.analysis import AnalysisRule, Measurement, Verdict, judge
 from activities.jobs.run import JobResult
-from activities.jobs.spec import JobCostModel, JobSpec
 from activities.trials import slowdown_measurement
+from skyshift.spec.jobs import JobCostModel, JobSpec
 
 
 class JobBenchSide(BaseModel):

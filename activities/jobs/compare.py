@@ -23,8 +23,8 @@ from activities.analysis import AnalysisRule, Check, Measurement, Verdict, judge
 from activities.jobs.files import download_artifact, read_artifact
 from activities.jobs.run import JobResult
 from activities.jobs.series import Record, load_series
-from activities.jobs.spec import JobTolerances
 from activities.trials import slowdown_measurement
+from skyshift.spec.jobs import JobTolerances
 
 ARMS = ("source", "source_repeat", "target")
 _SEVERITY = {"pass": 0, "inconclusive": 1, "error": 2, "fail": 3}

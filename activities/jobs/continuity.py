@@ -32,7 +32,7 @@ from activities.jobs.compare import (
 from activities.jobs.files import read_artifact
 from activities.jobs.run import JobResult
 from activities.jobs.series import Record, load_series
-from activities.jobs.spec import JobTolerances
+from skyshift.spec.jobs import JobTolerances
 
 _SHOWN = 5  # steps named in a detail
 

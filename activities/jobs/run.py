@@ -35,9 +35,9 @@ from activities.errors import fail_fast_on_permanent_errors
 from activities.jobs.files import ArtifactRef, data_variable, dataset_path, fetch_code, put_artifact
 from activities.jobs.resume import CheckpointRef, fetch_checkpoint, put_checkpoint
 from activities.jobs.series import JobTiming, MetricsTail, Record, dump_series, timing
-from activities.jobs.spec import JobSpec
 from activities.stores import StoreSpec, join_key, open_store
 from skyshift.runtime import state_dir
+from skyshift.spec.jobs import JobSpec
 
 Arm = Literal["source", "source-repeat", "target", "bench", "handoff"]
 JobStatus = Literal["succeeded", "failed", "timed_out", "stopped", "checkpointed"]

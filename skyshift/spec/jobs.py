@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from activities.analysis import AnalysisRule
+from skyshift.spec.analysis import AnalysisRule
 
 _NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
