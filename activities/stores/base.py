@@ -47,6 +47,11 @@ class MissingObjectError(StoreError):
     """The object is not there (never written, or deleted since it was listed or remembered)."""
 
 
+class ObjectChangedError(StoreError):
+    """The object changed while it was being read (a new generation or version, a body of another
+    length): the bytes in hand belong to no single version of it."""
+
+
 class InvalidKeyError(StoreError, ValueError):
     """A key that would escape the store's root or is otherwise unusable."""
 

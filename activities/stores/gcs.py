@@ -18,6 +18,7 @@ from activities.stores.base import (
     BucketStore,
     Capabilities,
     MissingObjectError,
+    ObjectChangedError,
     ObjectInfo,
     PartInfo,
     PartWriter,
@@ -189,7 +190,10 @@ class _Windows(io.RawIOBase):
         try:
             window = self.blob.download_as_bytes(start=self.offset, end=last, if_generation_match=self.generation)
         except gexc.PreconditionFailed as error:
-            raise StoreError(f"{self.blob.name}: changed while being read (generation {self.generation})") from error
+            where = f"{self.blob.name}: changed while being read (generation {self.generation})"
+            raise ObjectChangedError(where) from error
+        except gexc.NotFound as error:
+            raise MissingObjectError(f"{self.blob.name}: deleted while being read") from error
         if not window:
             return b""
         self.offset += len(window)
