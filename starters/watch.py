@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
-from starters.common import EXIT_FAILED, EXIT_OK, with_client
+from starters.common import EXIT_FAILED, EXIT_OK, UsageError, with_client
 
 if TYPE_CHECKING:  # the workflow models load with the command, not with the parser (`skyshift --help`)
     from workflows.plan import MigrationPlan
@@ -178,9 +179,15 @@ def _verdict(state: MigrationState) -> VerdictView | None:
 
 
 async def _events(client: Client, workflow_id: str, run_id: str | None, queue: asyncio.Queue) -> None:
+    """Put history events on `queue`, then None; an error that ends the read goes on the queue too (a reader
+    that died silently left `watch` waiting forever)."""
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    async for event in handle.fetch_history_events(wait_new_event=True):
-        await queue.put(event)
+    try:
+        async for event in handle.fetch_history_events(wait_new_event=True):
+            await queue.put(event)
+    except Exception as error:
+        await queue.put(error)
+        return
     await queue.put(None)
 
 
@@ -203,6 +210,8 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
                 batch = [await queue.get()]
                 while not queue.empty():
                     batch.append(queue.get_nowait())
+                for failed in (e for e in batch if isinstance(e, Exception)):
+                    raise failed
                 ended = batch[-1] is None
                 changed = plan is None
                 for event in (e for e in batch if e is not None):
@@ -387,6 +396,12 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> int:
     from starters import render
 
     mode = "json" if args.json else "live" if sys.stdout.isatty() else "plain"
+    try:
+        await client.get_workflow_handle(args.id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise UsageError(f"no migration {args.id!r} on this server: check the id with `skyshift list`") from None
+        raise
     state = await watch(client, args.id, mode)
     if mode != "json" and state is not None:
         print(render.summary(state, ui_link(args.id)))
