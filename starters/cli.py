@@ -75,7 +75,9 @@ def cmd_start(args: argparse.Namespace) -> int:
                 f"started {handle.id}\n  watch: skyshift watch {handle.id}\n  UI:    {ui_link(handle.id)}",
             )
             return EXIT_OK
-        state = await handle.result()
+        from starters.reconnect import patiently
+
+        state = await patiently(handle.result, f"waiting for {handle.id}")
         emit(args, state.model_dump(mode="json"), render.summary(state, ui_link(handle.id)))
         return EXIT_OK if state.outcome == "completed" else EXIT_FAILED
 

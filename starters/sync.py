@@ -26,6 +26,7 @@ import blake3
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.pricing import default_egress_price
@@ -33,6 +34,7 @@ from activities.stores import StoreSpec
 from activities.stores.base import overlap
 from activities.transfer.sync import apply_batch, check_source, fingerprint_batch, finish_sync
 from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, with_client
+from starters.reconnect import patiently, unreachable
 from starters.render import SyncProgress
 from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
 
@@ -109,13 +111,18 @@ async def run_sync(client: Client, request: SyncInput, *, show_progress: bool,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 static_summary=f"sync {request.source.url} → {request.target.url}" + (" (dry run)" * request.dry_run),
             )  # fmt: skip
-            result_task = asyncio.ensure_future(handle.result())
+            result_task = asyncio.ensure_future(patiently(handle.result, "waiting for the sync"))
             live = SyncProgress(f"sync {request.source.url} → {request.target.url}") if show_progress else None
             try:
                 while not result_task.done():
                     await asyncio.wait([result_task], timeout=0.5)
                     if live is not None and not result_task.done():
-                        changed, sent = await _progress(handle)
+                        try:
+                            changed, sent = await _progress(handle)
+                        except RPCError as error:
+                            if not unreachable(error):
+                                raise
+                            continue  # the result's wait says so and retries; progress shows again after
                         live.update(objects_done=changed, objects_total=None, bytes_done=sent, bytes_total=None)
             finally:
                 if live is not None:

@@ -26,6 +26,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from starters.common import EXIT_FAILED, EXIT_OK, UsageError, with_client
+from starters.reconnect import Outage, patiently, unreachable
 
 if TYPE_CHECKING:  # the workflow models load with the command, not with the parser (`skyshift --help`)
     from workflows.plan import MigrationPlan
@@ -201,6 +202,7 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
     seen_audit = 0
     run_id: str | None = None
     state: MigrationState | None = None
+    outage = Outage(f"following {workflow_id}")
     while True:
         queue: asyncio.Queue = asyncio.Queue()
         reader = asyncio.ensure_future(_events(client, workflow_id, run_id, queue))
@@ -210,8 +212,11 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
                 batch = [await queue.get()]
                 while not queue.empty():
                     batch.append(queue.get_nowait())
-                for failed in (e for e in batch if isinstance(e, Exception)):
-                    raise failed
+                failed = next((e for e in batch if isinstance(e, Exception)), None)
+                if failed is not None:
+                    await outage.retry_after(failed)  # an unreachable server: read the history again
+                    break
+                outage.over()
                 ended = batch[-1] is None
                 changed = plan is None
                 for event in (e for e in batch if e is not None):
@@ -251,6 +256,10 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
                         state = await operate.get_status(client, workflow_id)
                     except operate.NoWorkerAnswered as error:
                         note = str(error)
+                    except RPCError as error:
+                        if not unreachable(error):
+                            raise
+                        note = "the server is unreachable"
                 if plan is not None and (changed or ended) and (state is not None or note is not None):
                     shown = state or MigrationState(migration_id=workflow_id, plan_name=plan.name)
                     frame = build_frame(workflow_id, plan, shown, status, list(timers.values()), seen_audit, note)
@@ -260,7 +269,8 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
                     yield frame, shown
                 if ended:
                     if status == "RUNNING":  # the long-poll ended without a close event: look again
-                        description = await client.get_workflow_handle(workflow_id).describe()
+                        description = await patiently(client.get_workflow_handle(workflow_id).describe,
+                                                      f"following {workflow_id}")  # fmt: skip
                         if description.status == WorkflowExecutionStatus.RUNNING:
                             break
                     return
