@@ -33,7 +33,7 @@ from activities.pricing import default_egress_price
 from activities.stores import StoreSpec
 from activities.stores.base import overlap
 from activities.transfer.sync import apply_batch, check_source, fingerprint_batch, finish_sync
-from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, with_client
+from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, ensure_readable_history, with_client
 from starters.reconnect import patiently, unreachable
 from starters.render import SyncProgress
 from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
@@ -99,6 +99,7 @@ async def run_sync(client: Client, request: SyncInput, *, show_progress: bool,
             "abandon_after_s": abandon_after_s,
         }
     )
+    await ensure_readable_history(client, workflow_id)  # adopting an encrypted sync needs its key
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as executor:
         worker = Worker(client, task_queue=queue, workflows=[DatasetSyncWorkflow],
