@@ -133,3 +133,22 @@ def test_an_enormous_error_becomes_a_bounded_failure_that_keeps_its_first_cause(
     assert error.non_retryable == permanent
     assert error.__cause__ is None, "the cause travels inside the bounded message, not as a chain"
     assert sum(len(str(d)) for d in error.details) <= MAX_FAILURE_CHARS
+
+
+# -- plans ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deadline", ["0s", 0, "PT0S"])
+def test_a_zero_inconclusive_deadline_is_refused_naming_the_field(tmp_path, capsys, deadline):
+    """Before: `inconclusive_deadline: 0s` was accepted (a pause for an operator that waits for nobody)."""
+    import yaml
+
+    from starters.cli import main
+
+    plan = yaml.safe_load((Path(__file__).parent.parent / "examples" / "plan.yaml").read_text())
+    plan.setdefault("cutover", {})["inconclusive_deadline"] = deadline
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    assert main(["plan", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "cutover.inconclusive_deadline: must be at least 1 s" in err, err
