@@ -156,6 +156,8 @@ def result_json(result: SyncResult, seconds: float) -> dict:
         "changed": result.changed,
         "deletable": result.deletable,
         "deletable_examples": result.deletable_examples,
+        "kept_changed": result.kept_changed,
+        "kept_changed_count": result.kept_changed_count,
     }
 
 
@@ -219,6 +221,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(f"skyshift: {result.totals.objects_skipped} objects were not synced:", file=sys.stderr)
             for skipped in result.skipped:
                 print(f"  {skipped.key!r}: {skipped.reason}", file=sys.stderr)
+            return EXIT_FAILED
+        if result.kept_changed_count:
+            print(f"skyshift: {result.kept_changed_count} objects were not deleted: they changed at the target "
+                  "after the sync listed them (rerun to decide again):", file=sys.stderr)  # fmt: skip
+            for key in result.kept_changed:
+                print(f"  {key!r}", file=sys.stderr)
             return EXIT_FAILED
         return EXIT_OK
 

@@ -152,3 +152,33 @@ def test_a_zero_inconclusive_deadline_is_refused_naming_the_field(tmp_path, caps
     assert main(["plan", "validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "cutover.inconclusive_deadline: must be at least 1 s" in err, err
+
+
+# -- conditional deletes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["file", "s3", "gcs"])
+def test_delete_spares_a_target_object_rewritten_after_the_sync_listed_it(where, tmp_path, s3_bucket, gcs_bucket):
+    """Before: `sync --delete` deleted an object a user rewrote in the target after the listing (it was
+    named in deletable_examples, and gone)."""
+    from activities.transfer.sync import FinishInput, finish_sync
+
+    target = {"file": f"file://{tmp_path}/dst", "s3": f"s3://{s3_bucket}/dst", "gcs": f"gs://{gcs_bucket}/dst"}[where]
+    source = f"file://{tmp_path}/src"
+    open_store(source).put_bytes("keep.bin", b"in both")
+    dst = open_store(target)
+    for key in ("keep.bin", "stale.bin", "rewritten.bin"):
+        dst.put_bytes(key, b"old " + key.encode())
+    env, src_spec, dst_spec = ActivityEnvironment(), StoreSpec(url=source), StoreSpec(url=target)
+    sync_id = f"faults-{uuid.uuid4().hex[:8]}"
+    scanned = env.run(fingerprint_batch, BatchInput(source=src_spec, target=dst_spec, sync=sync_id, batch=0))
+    applied = env.run(apply_batch, ApplyBatchInput(source=src_spec, target=dst_spec, sync=sync_id, batch=0, delete=True,
+                                                   staging_key=scanned.staging_key, ledger_stamp="0"))  # fmt: skip
+    assert sorted(applied.deletable_examples) == ["rewritten.bin", "stale.bin"]
+    dst.put_bytes("rewritten.bin", b"a user's new bytes, written after the listing")
+    finished = env.run(finish_sync, FinishInput(target=dst_spec, sync=sync_id, batches=1, delete=True,
+                                                deletable=applied.deletable, target_objects=applied.target_objects,
+                                                max_delete_percent=None))  # fmt: skip
+    assert finished.deleted == 1 and dst.info("stale.bin") is None
+    assert dst.read_bytes("rewritten.bin") == b"a user's new bytes, written after the listing"
+    assert finished.kept_changed == ["rewritten.bin"], "the object spared is reported by name"

@@ -44,10 +44,10 @@ from activities.transfer.manifest import ObjectManifest, fingerprint, fingerprin
 from activities.transfer.pool import Counter, Ticker, raise_if_cancelled, run_pool, slices
 from activities.transfer.staging import (
     Skipped,
-    read_keys,
+    read_deletes,
     read_payload,
     read_range,
-    write_keys,
+    write_deletes,
     write_payload,
     write_range,
 )
@@ -138,6 +138,9 @@ class FinishInput(BaseModel):
 class Finished(BaseModel):
     deleted: int = 0
     aborted_uploads: int = 0
+    kept_changed: list[str] = Field(default_factory=list, description=f"Objects not deleted because they changed "
+                                    f"at the target after the sync listed them (first {LISTED})")  # fmt: skip
+    kept_changed_count: int = 0
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -295,12 +298,14 @@ class _Apply:
         changed: list[tuple[ObjectManifest, ObjectInfo | None]] = []
         same_size: list[tuple[ObjectManifest, ObjectInfo]] = []
         deletable: list[str] = []
+        listed: dict[str, str | None] = {}  # each deletable key's etag as listed: deleted only while unchanged
         for key, manifest, existing in self.merged(manifests):
             if existing is not None:
                 self.result.target_objects += 1
             if manifest is None:
                 if key not in refused:  # a source key we could not sync is not "gone" from the source
                     deletable.append(key)
+                    listed[key] = existing.etag if existing is not None else None
                 continue
             totals.objects_total += 1
             totals.bytes_total += manifest.size
@@ -326,7 +331,7 @@ class _Apply:
             self._estimate(changed)
             return self.result
         if request.delete and deletable:
-            write_keys(self.target.metadata, staging_key(request.sync, request.batch, "deletes"), deletable)
+            write_deletes(self.target.metadata, staging_key(request.sync, request.batch, "deletes"), listed)
         if request.ledger_key and changed:
             self._record_undo(changed)
         self._copy(changed)
@@ -487,10 +492,13 @@ def finish_sync(request: FinishInput) -> Finished:
         staged = {info.key for info in area.list(f"staging/{sync_name(request.sync)}")}
         for batch in range(request.batches):
             name = staging_key(request.sync, batch, "deletes")
-            keys = read_keys(area, name) if name in staged else []
-            if keys:
-                result.deleted += target.remove_many(keys)
-                manifest_cache().forget_many(target, keys)
+            listed = read_deletes(area, name) if name in staged else {}
+            if listed:
+                deleted, changed = target.remove_if_unchanged(listed)
+                result.deleted += deleted
+                result.kept_changed_count += len(changed)
+                result.kept_changed = (result.kept_changed + changed)[:LISTED]
+                manifest_cache().forget_many(target, list(listed))
             activity.heartbeat(result.deleted)
     if not request.dry_run:
         result.aborted_uploads = abort_stale(target, request.started_at)
