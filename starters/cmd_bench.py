@@ -192,13 +192,6 @@ def fingerprint_rows(fp: EnvironmentFingerprint) -> list[tuple[str, str]]:
     ]
 
 
-def matrix_table(matrix: CompatibilityMatrix, terminal: bool = False) -> Table:
-    table = _table(f"item|{matrix.source_environment}|{matrix.target_environment}|status|why", terminal)
-    for row in matrix.rows:
-        table.add_row(row.item, row.source, row.target, row.status, row.detail)
-    return table
-
-
 def matrix_lines(matrix: CompatibilityMatrix) -> list[str]:
     """Plain lines for summaries (`status`, the demo): every row, flagged ones marked with their status."""
     width = max(len(r.item) for r in matrix.rows)

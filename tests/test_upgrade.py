@@ -1,7 +1,7 @@
 """Migrations outlive deploys: one started on the previous release's workers finishes on today's code.
 
-The previous release (`BASELINE`, skyshift 0.1) is extracted from git and run as real worker
-processes: it starts a migration and takes it into the cutover. Those workers are stopped, today's
+The previous release (skyshift 0.1, `tests.baseline.BASELINE`) is extracted from git and run as real
+worker processes: it starts a migration and takes it into the cutover. Those workers are stopped, today's
 start, replay the whole history with today's workflow code (every change since sits behind
 `workflow.patched`), and finish the migration. A change that is not patched fails here with a
 non-determinism error long before it could strand a customer's migration.
@@ -10,16 +10,15 @@ non-determinism error long before it could strand a customer's migration.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from activities.stores import open_store
+from tests.baseline import BaselineMissing, extract_baseline
 from tests.conftest import ServingPair, running_workers
 from tests.helpers import plan_data, seed, suffix
 from workflows.plan import CONTROL_TASK_QUEUE
@@ -27,20 +26,13 @@ from workflows.state import ApproveInput, MigrationState
 
 pytestmark = pytest.mark.stack
 
-#: The last commit of skyshift 0.1: the workflow code migrations in the field were started with.
-BASELINE = "c62f687"
-REPO = Path(__file__).resolve().parent.parent
-
 
 def baseline_tree(into: Path) -> Path:
-    """The previous release's source, from this repository's history."""
+    """The previous release's source, from this repository's history (skipped, saying why, when absent)."""
     try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as error:  # a shallow clone, or no git: say why
-        pytest.skip(f"the previous release {BASELINE} is not in this clone's history ({error}); fetch it to run this")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(into, filter="data")
-    return into
+        return extract_baseline(into)
+    except BaselineMissing as error:
+        pytest.skip(str(error))
 
 
 async def _status(handle) -> MigrationState:

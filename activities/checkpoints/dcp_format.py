@@ -322,11 +322,6 @@ def _local_reader(directory: Path, label: str) -> tuple[_Reader, DcpMetadata]:
     return _Reader(read, sizes, label), metadata
 
 
-def scan_local(directory: Path, *, digests: bool = True) -> FileScan:
-    reader, metadata = _local_reader(directory, str(directory))
-    return _scan(reader, metadata, str(directory), digests, None)
-
-
 def load(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a local DCP checkpoint, reassembled, by its DCP name (values are checked, not returned)."""
     label = str(directory)

@@ -55,11 +55,6 @@ class Header:
     data_start: int
 
 
-def looks_like_safetensors(head: bytes) -> bool:
-    """8 bytes of little-endian length, then a JSON object."""
-    return len(head) >= 9 and head[8:9] == b"{"
-
-
 def parse_header(read: Callable[[int, int], bytes], size: int, label: str) -> Header:
     """Read and validate the header of a file of `size` bytes through `read(start, end)`."""
     if size < 8:

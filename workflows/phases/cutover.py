@@ -8,16 +8,15 @@ inconclusive windows pauses for an operator.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Protocol
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.metrics import ScrapeInput, scrape_endpoints
     from activities.traffic import RouteInput, route_traffic
-    from activities.validate import JudgeWindowInput, Verdict, WindowThresholds, judge_window
+    from activities.validate import JudgeWindowInput, WindowThresholds, judge_window
+    from workflows.phases.context import MigrationContext
     from workflows.plan import CONTROL_TASK_QUEUE, MigrationPlan, Stage
     from workflows.saga import Compensation
     from workflows.state import SA_TRAFFIC, MigrationState
@@ -25,46 +24,26 @@ with workflow.unsafe.imports_passed_through():
 QUICK = timedelta(minutes=2)
 
 
-class CutoverHost(Protocol):
-    """What the cutover needs from the workflow that runs it: its plan, its state and its gates."""
-
-    plan: MigrationPlan
-    state: MigrationState
-
-    async def gate(self, stage: str, reason: str, deadline: timedelta | None = None) -> bool: ...
-    async def wait(
-        self, done: Callable[[], bool], timeout: timedelta | None = None, summary: str | None = None
-    ) -> None: ...
-    async def checkpoint(self) -> None: ...
-    def audit(self, actor: str, action: str, detail: str = "") -> None: ...
-    def record_verdict(self, verdict: Verdict) -> None: ...
-    def start_rollback(self, reason: str, by: str) -> None: ...
-    def raise_if_rollback(self) -> None: ...
-    def register_undo(self, step: Compensation, announce: str) -> None: ...
-    def show_details(self) -> None: ...
-    def continue_as_new_if_suggested(self) -> None: ...
-
-
 class StagedCutover:
-    """The cutover phase, run by a `CutoverHost` (the MigrationWorkflow)."""
+    """The cutover phase, over the migration's context (its plan, state, gates and undo)."""
 
-    def __init__(self, host: CutoverHost) -> None:
-        self.host = host
+    def __init__(self, ctx: MigrationContext) -> None:
+        self.ctx = ctx
 
     @property
     def plan(self) -> MigrationPlan:
-        return self.host.plan
+        return self.ctx.plan
 
     @property
     def state(self) -> MigrationState:
-        return self.host.state
+        return self.ctx.state
 
     async def run(self) -> None:
         stages = self.plan.cutover.stages
         progress = self.state.cutover
         while progress.stage_index < len(stages):
             if progress.promote_requested and progress.stage_index < len(stages) - 1 and not progress.entered:
-                self.host.audit("skyshift", "promoting", f"skipping to {stages[-1].name} as an operator asked")
+                self.ctx.audit("skyshift", "promoting", f"skipping to {stages[-1].name} as an operator asked")
                 progress.stage_index = len(stages) - 1
             stage = stages[progress.stage_index]
             if not progress.entered:
@@ -77,21 +56,21 @@ class StagedCutover:
 
     async def _enter_stage(self, stage: Stage, approval: bool) -> None:
         if approval:
-            await self.host.gate(stage.name, f"route {stage.percent}% of traffic to {self.plan.target}")
-        await self.host.checkpoint()
+            await self.ctx.gate(stage.name, f"route {stage.percent}% of traffic to {self.plan.target}")
+        await self.ctx.checkpoint()
         self.state.stage = stage.name
         await self._route(stage.percent, f"stage {stage.name}")
         self.state.cutover.entered = True
         self.state.cutover.previous = await self._scrape() if self.plan.workloads.endpoints else []
-        self.host.audit("skyshift", "stage_entered", f"{stage.name}: {stage.percent}% to target for {stage.duration}")
+        self.ctx.audit("skyshift", "stage_entered", f"{stage.name}: {stage.percent}% to target for {stage.duration}")
 
     async def _route(self, percent: int, reason: str) -> None:
         router = self.plan.workloads.router
         if router is None:
-            self.host.audit("skyshift", "traffic_unrouted", f"no router in the plan; {percent}% recorded only")
+            self.ctx.audit("skyshift", "traffic_unrouted", f"no router in the plan; {percent}% recorded only")
         else:
             undo = RouteInput(router=router, target_percent=0, reason="rollback: all traffic back to source")
-            self.host.register_undo(
+            self.ctx.register_undo(
                 Compensation.of(
                     route_traffic, undo, task_queue=CONTROL_TASK_QUEUE, summary=f"route 100% to {self.plan.source}"
                 ),
@@ -106,7 +85,7 @@ class StagedCutover:
             )
         self.state.traffic_percent = percent
         workflow.upsert_search_attributes([SA_TRAFFIC.value_set(percent)])
-        self.host.show_details()
+        self.ctx.show_details()
 
     async def _hold_stage(self, stage: Stage) -> None:
         progress = self.state.cutover
@@ -120,14 +99,14 @@ class StagedCutover:
             # Without endpoints to measure, the whole stage is one durable timer.
             step = min(interval, remaining) if measuring else remaining
             started = workflow.now()
-            await self.host.wait(operator_moved_on, timeout=timedelta(seconds=step), summary=f"hold {stage.name}")
+            await self.ctx.wait(operator_moved_on, timeout=timedelta(seconds=step), summary=f"hold {stage.name}")
             progress.stage_elapsed_s += (workflow.now() - started).total_seconds()
             if operator_moved_on():
                 break
             if measuring:
                 await self._judge(stage)
-            await self.host.checkpoint()
-            self.host.continue_as_new_if_suggested()
+            await self.ctx.checkpoint()
+            self.ctx.continue_as_new_if_suggested()
 
     async def _scrape(self):
         return await workflow.execute_activity(
@@ -162,12 +141,12 @@ class StagedCutover:
         )
         verdict = judgement.verdict
         progress.previous, progress.baselines = current, judgement.baselines
-        self.host.record_verdict(verdict)
+        self.ctx.record_verdict(verdict)
         progress.error_streak = progress.error_streak + 1 if verdict.outcome == "error" else 0
         if verdict.outcome == "fail" or progress.error_streak >= thresholds.max_consecutive_errors:
             why = verdict.summary if verdict.outcome == "fail" else f"{progress.error_streak} windows unreadable"
-            self.host.start_rollback(f"{stage.name}: {why}", by="skyshift:analysis")
-            self.host.raise_if_rollback()
+            self.ctx.start_rollback(f"{stage.name}: {why}", by="skyshift:analysis")
+            self.ctx.raise_if_rollback()
         if verdict.outcome == "pass":
             progress.inconclusive_streak = 0
             return
@@ -179,7 +158,7 @@ class StagedCutover:
         """Ask an operator; approve accepts and continues the stage. Nobody answers: the plan decides."""
         spec, streak = self.plan.cutover, self.state.cutover.inconclusive_streak
         workflow.logger.warning("%s: %d windows without a verdict; waiting for an operator", stage.name, streak)
-        answered = await self.host.gate(
+        answered = await self.ctx.gate(
             f"inconclusive-{stage.name}",
             f"{streak} windows in a row without a verdict ({summary}); approve to continue, or by "
             f"{spec.inconclusive_deadline} the migration will {spec.on_deadline}",
@@ -187,6 +166,11 @@ class StagedCutover:
         )
         self.state.cutover.inconclusive_streak = 0
         if not answered and spec.on_deadline == "rollback":
-            self.host.start_rollback(f"{stage.name}: no verdict and no operator within {spec.inconclusive_deadline}",
+            self.ctx.start_rollback(f"{stage.name}: no verdict and no operator within {spec.inconclusive_deadline}",
                                    by="skyshift:deadline")  # fmt: skip
-            self.host.raise_if_rollback()
+            self.ctx.raise_if_rollback()
+
+
+async def cutover(ctx: MigrationContext) -> None:
+    """The phase: every stage of the plan in turn (its progress lives in `ctx.state.cutover`)."""
+    await StagedCutover(ctx).run()
