@@ -20,8 +20,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from skyshift import __version__
+from skyshift.process import exit_process
 from skyshift.runtime import load_stack_env, ui_link
-from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, exit_process, fail, with_client
+from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, fail, with_client
 from workflows.plan import PlanError
 
 
