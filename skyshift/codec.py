@@ -46,6 +46,41 @@ class CodecConfigError(ValueError):
     """Encryption was asked for but no usable key is configured (exit 2: the message says what to set)."""
 
 
+class EncryptedHistoryError(CodecConfigError):
+    """A payload this process cannot decrypt: it holds no key, or another one (exit 2, saying which key)."""
+
+    def __init__(self, wanted: str) -> None:
+        self.key_id = wanted or "(unnamed)"
+        super().__init__(
+            f"this migration's history is encrypted with key {self.key_id}; set SKYSHIFT_CODEC_KEY (or the KMS "
+            "id, SKYSHIFT_CODEC_KMS_KEY_ID; an older key in SKYSHIFT_CODEC_OLD_KEYS) to read it, and --encrypt "
+            "to write to it"
+        )
+
+
+def encrypted_key_id(payload: Payload) -> str | None:
+    """The key id of an encrypted payload, or None when it is not encrypted."""
+    if payload.metadata.get("encoding") != ENCODING:
+        return None
+    return payload.metadata.get(KEY_ID, b"").decode() or "(unnamed)"
+
+
+class RefusingCodec(PayloadCodec):
+    """The codec of a process without encryption: writes plaintext as before, and meets an encrypted
+    payload with `EncryptedHistoryError` (which key, what to set) instead of the converter's
+    `KeyError: 'Unknown payload encoding binary/encrypted'`."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        for payload in payloads:
+            wanted = encrypted_key_id(payload)
+            if wanted is not None:
+                raise EncryptedHistoryError(wanted)
+        return list(payloads)
+
+
 def encryption_requested() -> bool:
     return os.environ.get("SKYSHIFT_ENCRYPT", "").lower() in ("1", "true", "yes", "on")
 
@@ -115,10 +150,7 @@ class AesGcmCodec(PayloadCodec):
                 if key_id(key) == wanted:
                     self._keys[wanted] = AESGCM(key)
                     return self._keys[wanted]
-        raise ValueError(
-            f"payload was encrypted with key {wanted or '(none)'}, which this process does not hold; "
-            "set SKYSHIFT_CODEC_KEY (or SKYSHIFT_CODEC_OLD_KEYS) to it, or SKYSHIFT_CODEC_KMS_KEY_ID"
-        )
+        raise EncryptedHistoryError(wanted)
 
 
 def _kms_client():

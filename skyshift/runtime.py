@@ -92,10 +92,11 @@ def data_converter(encrypt: bool | None = None) -> DataConverter:
     With encryption, failure messages and stack traces move into the encrypted payload too: an
     error often quotes the very bucket or key the payloads hide.
     """
-    from skyshift.codec import codec_from_env, encryption_requested
+    from skyshift.codec import RefusingCodec, codec_from_env, encryption_requested
 
     if not (encryption_requested() if encrypt is None else encrypt):
-        return pydantic_data_converter
+        # Plaintext out; an encrypted payload in is refused by name (which key to set), not a KeyError.
+        return dataclasses.replace(pydantic_data_converter, payload_codec=RefusingCodec())
     return dataclasses.replace(
         pydantic_data_converter,
         payload_codec=codec_from_env(),

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -19,6 +20,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from skyshift import __version__
+from skyshift.process import exit_process
 from skyshift.runtime import load_stack_env, ui_link
 from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, fail, with_client
 from workflows.plan import PlanError
@@ -74,7 +76,9 @@ def cmd_start(args: argparse.Namespace) -> int:
                 f"started {handle.id}\n  watch: skyshift watch {handle.id}\n  UI:    {ui_link(handle.id)}",
             )
             return EXIT_OK
-        state = await handle.result()
+        from starters.reconnect import patiently
+
+        state = await patiently(handle.result, f"waiting for {handle.id}")
         emit(args, state.model_dump(mode="json"), render.summary(state, ui_link(handle.id)))
         return EXIT_OK if state.outcome == "completed" else EXIT_FAILED
 
@@ -372,7 +376,22 @@ def _quiet_broken_pipe() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run one command and return its exit code; run as the program (no `argv`), end the process with it."""
+    if argv is None:
+        try:
+            code = _main(sys.argv[1:])
+        except SystemExit as done:  # argparse (--help, usage errors) and commands that exit themselves
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else EXIT_FAILED)
+            if done.code is not None and not isinstance(done.code, int):
+                print(done.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = EXIT_FAILED
+        exit_process(code)
+    return _main(list(argv))
+
+
+def _main(argv: list[str]) -> int:
     Parser.json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
     if args.encrypt:

@@ -63,7 +63,11 @@ def _load(what: str, url: str, scratch: Path) -> dict[str, Any]:
 
     spec, path = _location(what, url)
     if spec.url.startswith("file://"):
+        from activities.checkpoints.links import refuse_links_out
+
         local = Path(spec.url.removeprefix("file://")) / path
+        base = local if local.is_dir() else local.parent
+        refuse_links_out(base, url, None if local.is_dir() else [local.name])  # never read past the root
     else:
         local = fetch_checkpoint(open_store(spec), path, scratch / what)
     return load_tensors(local)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from skyshift.runtime import connect, temporal_address
 
@@ -42,6 +43,25 @@ def fail(args: argparse.Namespace, code: int, message: str, prefix: str = "skysh
         print(json.dumps({"error": message, "exit_code": code}))
     print(f"{prefix}{message}", file=sys.stderr)
     return code
+
+
+async def ensure_readable_history(client: Client, workflow_id: str) -> None:
+    """Refuse (EncryptedHistoryError, exit 2) to touch a workflow whose history this process cannot read.
+
+    A process without the key would otherwise write plaintext (a sync's start request, an approval's
+    note) into a history the operator encrypted, or hang while its worker fails every task. Its start
+    event's input tells: decoding it raises when it is encrypted under a key we do not hold. No history
+    (a new id) is fine.
+    """
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        async for event in handle.fetch_history_events():
+            started = event.workflow_execution_started_event_attributes
+            await client.data_converter.decode(list(started.input.payloads))
+            return
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
 
 
 async def _client() -> Client:

@@ -24,6 +24,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError, RPCStatusCode
 
 from skyshift.runtime import rpc_timeout
+from starters.common import ensure_readable_history
 from workflows.plan import CONTROL_TASK_QUEUE, MigrationPlan
 from workflows.state import (
     SA_OUTCOME,
@@ -102,6 +103,7 @@ async def _bounded(what: str, call):
 
 async def get_status(client: Client, workflow_id: str) -> MigrationState:
     """The migration's state: its result once completed (no worker needed), else the `status` query."""
+    await ensure_readable_history(client, workflow_id)
     handle = handle_for(client, workflow_id)
     description = await handle.describe(rpc_timeout=rpc_timeout())
     if description.status == WorkflowExecutionStatus.COMPLETED:
@@ -113,6 +115,7 @@ async def get_status(client: Client, workflow_id: str) -> MigrationState:
 
 
 async def approve(client: Client, workflow_id: str, stage: str, by: str, note: str) -> str:
+    await ensure_readable_history(client, workflow_id)  # an approval's note must not land in plaintext
     handle = client.get_workflow_handle(workflow_id)
     return await _bounded(
         f"approve {stage} on {workflow_id}",
@@ -135,6 +138,7 @@ async def rollback(client: Client, workflow_id: str, reason: str, by: str) -> st
     `WorkflowUpdateFailedError`. Workers that predate the update get the `rollback` signal, whose
     fate the caller learns only from the audit log.
     """
+    await ensure_readable_history(client, workflow_id)
     handle = client.get_workflow_handle(workflow_id)
     description = await handle.describe(rpc_timeout=rpc_timeout())
     if description.status != WorkflowExecutionStatus.RUNNING:
@@ -154,6 +158,7 @@ async def rollback(client: Client, workflow_id: str, reason: str, by: str) -> st
 
 
 async def pause(client: Client, workflow_id: str, by: str, note: str, resume: bool = False) -> None:
+    await ensure_readable_history(client, workflow_id)
     await client.get_workflow_handle(workflow_id).signal(
         "resume" if resume else "pause", OperatorInput(by=by, note=note), rpc_timeout=rpc_timeout()
     )
@@ -163,6 +168,7 @@ async def stage_action(client: Client, workflow_id: str, action: str, by: str, n
     """`skip_stage` or `promote`: validated by the workflow, rejected if not in cutover."""
     if action not in ("skip_stage", "promote"):
         raise ValueError(f"unknown stage action {action!r}")
+    await ensure_readable_history(client, workflow_id)
     handle = client.get_workflow_handle(workflow_id)
     return await _bounded(
         f"{action} on {workflow_id}",

@@ -26,13 +26,15 @@ import blake3
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.pricing import default_egress_price
 from activities.stores import StoreSpec
 from activities.stores.base import overlap
 from activities.transfer.sync import apply_batch, check_source, fingerprint_batch, finish_sync
-from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, with_client
+from starters.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UsageError, emit, ensure_readable_history, with_client
+from starters.reconnect import patiently, unreachable
 from starters.render import SyncProgress
 from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
 
@@ -97,6 +99,7 @@ async def run_sync(client: Client, request: SyncInput, *, show_progress: bool,
             "abandon_after_s": abandon_after_s,
         }
     )
+    await ensure_readable_history(client, workflow_id)  # adopting an encrypted sync needs its key
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as executor:
         worker = Worker(client, task_queue=queue, workflows=[DatasetSyncWorkflow],
@@ -109,13 +112,18 @@ async def run_sync(client: Client, request: SyncInput, *, show_progress: bool,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 static_summary=f"sync {request.source.url} → {request.target.url}" + (" (dry run)" * request.dry_run),
             )  # fmt: skip
-            result_task = asyncio.ensure_future(handle.result())
+            result_task = asyncio.ensure_future(patiently(handle.result, "waiting for the sync"))
             live = SyncProgress(f"sync {request.source.url} → {request.target.url}") if show_progress else None
             try:
                 while not result_task.done():
                     await asyncio.wait([result_task], timeout=0.5)
                     if live is not None and not result_task.done():
-                        changed, sent = await _progress(handle)
+                        try:
+                            changed, sent = await _progress(handle)
+                        except RPCError as error:
+                            if not unreachable(error):
+                                raise
+                            continue  # the result's wait says so and retries; progress shows again after
                         live.update(objects_done=changed, objects_total=None, bytes_done=sent, bytes_total=None)
             finally:
                 if live is not None:
@@ -148,6 +156,8 @@ def result_json(result: SyncResult, seconds: float) -> dict:
         "changed": result.changed,
         "deletable": result.deletable,
         "deletable_examples": result.deletable_examples,
+        "kept_changed": result.kept_changed,
+        "kept_changed_count": result.kept_changed_count,
     }
 
 
@@ -246,6 +256,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(f"skyshift: {result.totals.objects_skipped} objects were not synced:", file=sys.stderr)
             for skipped in result.skipped:
                 print(f"  {skipped.key!r}: {skipped.reason}", file=sys.stderr)
+            return EXIT_FAILED
+        if result.kept_changed_count:
+            print(f"skyshift: {result.kept_changed_count} objects were not deleted: they changed at the target "
+                  "after the sync listed them (rerun to decide again):", file=sys.stderr)  # fmt: skip
+            for key in result.kept_changed:
+                print(f"  {key!r}", file=sys.stderr)
             return EXIT_FAILED
         return EXIT_OK
 

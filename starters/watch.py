@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
-from starters.common import EXIT_FAILED, EXIT_OK, with_client
+from starters.common import EXIT_FAILED, EXIT_OK, UsageError, with_client
+from starters.reconnect import Outage, patiently, unreachable
 
 if TYPE_CHECKING:  # the workflow models load with the command, not with the parser (`skyshift --help`)
     from workflows.plan import MigrationPlan
@@ -178,9 +180,15 @@ def _verdict(state: MigrationState) -> VerdictView | None:
 
 
 async def _events(client: Client, workflow_id: str, run_id: str | None, queue: asyncio.Queue) -> None:
+    """Put history events on `queue`, then None; an error that ends the read goes on the queue too (a reader
+    that died silently left `watch` waiting forever)."""
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    async for event in handle.fetch_history_events(wait_new_event=True):
-        await queue.put(event)
+    try:
+        async for event in handle.fetch_history_events(wait_new_event=True):
+            await queue.put(event)
+    except Exception as error:
+        await queue.put(error)
+        return
     await queue.put(None)
 
 
@@ -194,6 +202,7 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
     seen_audit = 0
     run_id: str | None = None
     state: MigrationState | None = None
+    outage = Outage(f"following {workflow_id}")
     while True:
         queue: asyncio.Queue = asyncio.Queue()
         reader = asyncio.ensure_future(_events(client, workflow_id, run_id, queue))
@@ -203,6 +212,11 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
                 batch = [await queue.get()]
                 while not queue.empty():
                     batch.append(queue.get_nowait())
+                failed = next((e for e in batch if isinstance(e, Exception)), None)
+                if failed is not None:
+                    await outage.retry_after(failed)  # an unreachable server: read the history again
+                    break
+                outage.over()
                 ended = batch[-1] is None
                 changed = plan is None
                 for event in (e for e in batch if e is not None):
@@ -242,6 +256,10 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
                         state = await operate.get_status(client, workflow_id)
                     except operate.NoWorkerAnswered as error:
                         note = str(error)
+                    except RPCError as error:
+                        if not unreachable(error):
+                            raise
+                        note = "the server is unreachable"
                 if plan is not None and (changed or ended) and (state is not None or note is not None):
                     shown = state or MigrationState(migration_id=workflow_id, plan_name=plan.name)
                     frame = build_frame(workflow_id, plan, shown, status, list(timers.values()), seen_audit, note)
@@ -251,7 +269,8 @@ async def follow(client: Client, workflow_id: str) -> AsyncIterator[tuple[WatchF
                     yield frame, shown
                 if ended:
                     if status == "RUNNING":  # the long-poll ended without a close event: look again
-                        description = await client.get_workflow_handle(workflow_id).describe()
+                        description = await patiently(client.get_workflow_handle(workflow_id).describe,
+                                                      f"following {workflow_id}")  # fmt: skip
                         if description.status == WorkflowExecutionStatus.RUNNING:
                             break
                     return
@@ -387,6 +406,12 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> int:
     from starters import render
 
     mode = "json" if args.json else "live" if sys.stdout.isatty() else "plain"
+    try:
+        await client.get_workflow_handle(args.id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise UsageError(f"no migration {args.id!r} on this server: check the id with `skyshift list`") from None
+        raise
     state = await watch(client, args.id, mode)
     if mode != "json" and state is not None:
         print(render.summary(state, ui_link(args.id)))

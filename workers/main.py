@@ -23,6 +23,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from skyshift.process import exit_process
 from skyshift.runtime import connect, load_stack_env
 from workers.registry import CONTROL_ACTIVITIES, CONTROL_WORKFLOWS, ENVIRONMENT_ACTIVITIES
 from workflows.plan import CONTROL_TASK_QUEUE, task_queue_for
@@ -80,6 +81,14 @@ def _flush_traces() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM; run as the program (no `argv`), end the process through `exit_process`, after
+    the worker drained (the Temporal client's threads would otherwise abort a finalizing interpreter)."""
+    if argv is None:
+        exit_process(_main(sys.argv[1:]))
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="skyshift-worker", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--env", help="serve the task queue skyshift.<ENV>")

@@ -74,8 +74,10 @@ def duration_between(low: timedelta, high: timedelta = MAX_DURATION) -> Any:
     """A plan duration type bounded to [low, high]; `Duration` is [0, MAX_DURATION]."""
 
     def check(value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
         if value < low:
-            raise ValueError(f"must be at least {_spoken(low)}" if low else "must not be negative")
+            raise ValueError(f"must be at least {_spoken(low)}")
         if value > high:
             raise ValueError(f"must be at most {_spoken(high)}")
         return value
@@ -95,6 +97,8 @@ Duration = duration_between(timedelta(0))
 MonitorInterval = duration_between(timedelta(seconds=1), timedelta(days=1))
 #: Each reverse-sync pass is a child workflow in history: at least a second apart, at most a day.
 FailbackInterval = duration_between(timedelta(seconds=1), timedelta(days=1))
+#: A wait for an operator: zero would decide before anyone could answer (a pause that pauses nothing).
+OperatorWait = duration_between(timedelta(seconds=1))
 
 
 def shown(value: Any, width: int = 80) -> str:
@@ -381,8 +385,8 @@ class CutoverSpec(_Model):
     monitor_interval: MonitorInterval = Field(
         timedelta(minutes=5), description="How often both sides are measured; 1 s to 1 day"
     )
-    inconclusive_deadline: Duration = Field(
-        timedelta(hours=1), description="How long a pause for inconclusive windows waits for an operator"
+    inconclusive_deadline: OperatorWait = Field(
+        timedelta(hours=1), description="How long a pause for inconclusive windows waits for an operator (≥ 1 s)"
     )
     on_deadline: Literal["rollback", "continue"] = Field("rollback", description="What happens when nobody answers")
 

@@ -102,6 +102,9 @@ class SyncResult(BaseModel):
     deletable_examples: list[str] = Field(default_factory=list)
     deleted: int = 0
     aborted_uploads: int = 0
+    kept_changed: list[str] = Field(default_factory=list, description="Not deleted: changed at the target after "
+                                    f"the sync listed them (first {LISTED})")  # fmt: skip
+    kept_changed_count: int = 0
 
 
 @workflow.defn
@@ -182,7 +185,10 @@ class DatasetSyncWorkflow:
             summary=f"{'delete ' + str(request.deletable) + ' extra objects, ' if request.delete else ''}clean up",
         )  # fmt: skip
         request.totals = request.totals.add(Totals(objects_deleted=finished.deleted))
-        return self._result(deleted=finished.deleted, aborted=finished.aborted_uploads)
+        result = self._result(deleted=finished.deleted, aborted=finished.aborted_uploads)
+        # Reported, not a command: no patch needed (results are not compared on replay).
+        result.kept_changed, result.kept_changed_count = finished.kept_changed, finished.kept_changed_count
+        return result
 
     async def _apply(self, batch: int, after: str | None, staging_key: str, done: bool,
                      last_key: str | None) -> AppliedBatch:  # fmt: skip

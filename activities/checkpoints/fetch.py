@@ -13,8 +13,10 @@ from urllib.parse import urlparse
 
 from activities.checkpoints.errors import CheckpointError
 from activities.checkpoints.layout import DCP_METADATA, INDEX_SUFFIX
+from activities.checkpoints.links import refuse_links_out
 from activities.checkpoints.ranged import stream_range
 from activities.stores import Store, StoreSpec, join_key
+from activities.stores.local import LocalStore
 from activities.transfer.layout import user_objects
 
 
@@ -48,15 +50,26 @@ def checkpoint_files(store: Store, path: str) -> tuple[str, dict[str, int], str 
     if info is not None:
         directory, _, name = path.rpartition("/")
         if name != DCP_METADATA and not name.endswith(INDEX_SUFFIX):
+            _no_links_out(store, directory, [name])
             return directory, {name: info.size}, name
         path = directory
+        _no_links_out(store, path)
         keys = {o.key[len(path) + 1 if path else 0 :]: o.size for o in user_objects(store, path)}
         return path, {k: v for k, v in keys.items() if "/" not in k}, None
+    _no_links_out(store, path)
     prefix = f"{path}/" if path else ""
     keys = without_sealed({o.key[len(prefix) :]: o.size for o in user_objects(store, path)})
     if not keys:
         raise CheckpointError(f"{store.url.rstrip('/')}/{path}", "no checkpoint here: the path holds no objects")
     return path, keys, None
+
+
+def _no_links_out(store: Store, directory: str, only: list[str] | None = None) -> None:
+    """On a local store, refuse a checkpoint with a symbolic link that leads out of its directory."""
+    if isinstance(store, LocalStore):
+        base = store.root / directory if directory else store.root
+        if base.is_dir():
+            refuse_links_out(base, f"{store.url.rstrip('/')}/{directory}".rstrip("/"), only)
 
 
 def without_sealed(keys: dict[str, int]) -> dict[str, int]:

@@ -36,8 +36,10 @@ ZIP_MAGIC = b"PK\x03\x04"
 #: The pre-1.6 format starts with a pickled magic number (a raw pickle stream): never unpickled here.
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-#: A data.pkl holds structure only; one this large is refused rather than read into memory.
-PICKLE_LIMIT = 256 << 20
+#: A data.pkl holds structure only (a state dict of 100k tensors is ~10 MiB); one larger is refused.
+PICKLE_LIMIT = 64 << 20
+#: Bytes inflated per read: zipfile's read() of a whole member inflates up to 2 GiB in one call.
+READ_CHUNK = 1 << 20
 
 
 def is_torch_zip(head: bytes) -> bool:
@@ -70,7 +72,7 @@ class TorchArchive:
         self.tree, self.storages = restricted_loads(self._read(pickles[0]), label, storages=True)
         self.tensors: list[tuple[str, TensorRef]] = []
         self.values: list[str] = []
-        for name, leaf in walk(self.tree):
+        for name, leaf in walk(self.tree, label=label):
             if isinstance(leaf, TensorRef):
                 self.tensors.append((name, leaf))
             else:
@@ -88,11 +90,19 @@ class TorchArchive:
         return self._read(info).decode(errors="replace").strip() if info.file_size < 4096 else None
 
     def _read(self, member: str | zipfile.ZipInfo) -> bytes:
+        """A record's bytes, inflated a chunk at a time: never more than the size it declares (zipfile stops
+        there and checks the CRC), never a whole bomb in one call."""
+        info = member if isinstance(member, zipfile.ZipInfo) else self.zip.getinfo(member)
+        parts: list[bytes] = []
         try:
-            return self.zip.read(member)
+            with self.zip.open(info) as stream:
+                while chunk := stream.read(READ_CHUNK):
+                    parts.append(chunk)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-            name = member if isinstance(member, str) else member.filename
-            raise MalformedCheckpointError(self.label, f"record {name} is damaged: {error}") from None
+            raise MalformedCheckpointError(
+                self.label, f"record {info.filename} is damaged: {error} (it declares {info.file_size:,} bytes; "
+                "nothing past them was inflated)") from None  # fmt: skip
+        return b"".join(parts)
 
     def _member(self, storage: StorageRef) -> zipfile.ZipInfo:
         try:

@@ -279,6 +279,14 @@ SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+#: Opcodes one pickle may run: a state dict of 100k tensors takes ~2M; a small file of millions of Nones
+#: (or any other cheap value) would otherwise grow without bound in memory.
+MAX_PICKLE_OPS = 4_000_000
+#: Entries a walk of the unpickled structure may visit: shared references (the memo) let a 1 KB pickle
+#: describe 2**48 entries ("billion laughs"); real state dicts have well under a million.
+MAX_WALK = 2_000_000
+
+
 @dataclass
 class _Context:
     label: str
@@ -337,6 +345,28 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch[pickle.BUILD[0]] = _load_build
 
+    ops = 0
+
+    def _count(self) -> None:
+        self.ops += 1
+        if self.ops > MAX_PICKLE_OPS:
+            raise UnsupportedCheckpointError(
+                self.context.label,
+                f"its pickle runs more than {MAX_PICKLE_OPS:,} operations (a checkpoint's structure takes far "
+                "fewer; this one would grow without bound in memory): refused, nothing more was read",
+            )
+
+
+def _counted(handler):  # every opcode handler counts first: bounded objects, memo reuse and work
+    def run(self: _RestrictedUnpickler) -> None:
+        self._count()
+        handler(self)
+
+    return run
+
+
+_RestrictedUnpickler.dispatch = {code: _counted(fn) for code, fn in _RestrictedUnpickler.dispatch.items()}
+
 
 def restricted_loads(data: bytes, label: str, *, storages: bool = False) -> tuple[Any, dict[str, StorageRef]]:
     """Unpickle `data` through the allowlist; return the object tree and the storage records it names.
@@ -366,15 +396,23 @@ def _terminal(value: Any) -> bool:
     return not any(isinstance(v, TensorRef) or (isinstance(v, dict | list) and not _terminal(v)) for v in value)
 
 
-def walk(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+def walk(value: Any, prefix: str = "", *, label: str = "checkpoint", limit: int = MAX_WALK) -> list[tuple[str, Any]]:
     """Flatten nested state into (dotted name, leaf) as DCP's `traverse_state_dict` does: mappings always,
     lists only when they hold tensors or containers, tuples only when they hold tensors (DCP would store
     such a tuple as one opaque value). So a value has the same name in a torch file and in the DCP
     checkpoint made from it."""
     out: list[tuple[str, Any]] = []
     stack: list[tuple[str, Any]] = [(prefix, value)]
+    visited = 0
     while stack:
         name, item = stack.pop()
+        visited += 1
+        if visited > limit:
+            raise UnsupportedCheckpointError(
+                label,
+                f"its structure has more than {limit:,} entries once shared references are followed (a pickle "
+                "can reuse one object many times over, a 'billion laughs'): refused",
+            )
         if isinstance(item, dict):
             stack.extend((f"{name}.{key}" if name else str(key), child) for key, child in reversed(item.items()))
         elif not _terminal(item):

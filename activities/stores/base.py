@@ -47,6 +47,11 @@ class MissingObjectError(StoreError):
     """The object is not there (never written, or deleted since it was listed or remembered)."""
 
 
+class ObjectChangedError(StoreError):
+    """The object changed while it was being read (a new generation or version, a body of another
+    length): the bytes in hand belong to no single version of it."""
+
+
 class InvalidKeyError(StoreError, ValueError):
     """A key that would escape the store's root or is otherwise unusable."""
 
@@ -336,6 +341,21 @@ class Store(abc.ABC):
     def remove_many(self, keys: list[str]) -> int:
         """Delete many objects (S3: 1,000 a request); return how many the provider confirmed deleted."""
         return sum(self.remove(key) for key in keys)
+
+    def remove_if_unchanged(self, listed: dict[str, str | None]) -> tuple[int, list[str]]:
+        """Delete each key only while it is the version listed (its etag then); return (deleted, keys spared
+        because they changed since). Here each object is looked at again just before it is deleted (a
+        window of one request); backends with conditional deletes override this to close it."""
+        unchanged, changed = [], []
+        for key, etag in listed.items():
+            info = self.info(key)
+            if info is None:
+                continue
+            if etag is not None and info.etag != etag:
+                changed.append(key)
+            else:
+                unchanged.append(key)
+        return self.remove_many(unchanged), changed
 
     @abc.abstractmethod
     def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:

@@ -18,6 +18,7 @@ from activities.stores.base import (
     BucketStore,
     Capabilities,
     MissingObjectError,
+    ObjectChangedError,
     ObjectInfo,
     PartInfo,
     PartWriter,
@@ -140,6 +141,28 @@ class GCSStore(BucketStore):
             return False
         return True
 
+    def remove_if_unchanged(self, listed: dict[str, str | None]) -> tuple[int, list[str]]:
+        """Conditional deletes, each pinned to the generation listed (`if_generation_match`), after a look at the
+        object (servers that ignore the precondition, as the emulator does, are still caught but for a window)."""
+        deleted, changed = 0, []
+        for key, etag in listed.items():
+            now = self.info(key)
+            if now is None:
+                continue
+            if etag is not None and now.etag != etag:
+                changed.append(key)
+                continue
+            generation = etag.rpartition(":")[2] if etag else ""
+            try:
+                self.bucket.blob(self._key(key)).delete(if_generation_match=int(generation) if generation.isdigit()
+                                                        else None)  # fmt: skip
+                deleted += 1
+            except gexc.NotFound:
+                continue
+            except gexc.PreconditionFailed:
+                changed.append(key)
+        return deleted, changed
+
     def open_multipart(self, key: str, upload_id: str | None = None) -> PartWriter:
         return _GCSComposite(self, key, upload_id)
 
@@ -199,7 +222,10 @@ class _Windows(io.RawIOBase):
         try:
             window = self.blob.download_as_bytes(start=self.offset, end=last, if_generation_match=self.generation)
         except gexc.PreconditionFailed as error:
-            raise StoreError(f"{self.blob.name}: changed while being read (generation {self.generation})") from error
+            where = f"{self.blob.name}: changed while being read (generation {self.generation})"
+            raise ObjectChangedError(where) from error
+        except gexc.NotFound as error:
+            raise MissingObjectError(f"{self.blob.name}: deleted while being read") from error
         if not window:
             return b""
         self.offset += len(window)

@@ -15,6 +15,7 @@ import errno
 import io
 import itertools
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ from activities.stores.dircache import listings
 
 _MiB = 1 << 20
 TEMP_PREFIX = ".skyshift-tmp-"
+#: A full filesystem, a quota, or a file-size limit (RLIMIT_FSIZE): no retry will make the write fit.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -173,9 +176,11 @@ class LocalStore(Store):
                                           "directory") from None  # fmt: skip
         self._known_dirs.add(directory)
 
-    def _atomic_write(self, key: str, write: Callable[[int], None], durable: bool = True) -> ObjectInfo:
+    def _atomic_write(self, key: str, write: Callable[[int], None], durable: bool = True,
+                      size: int | None = None) -> ObjectInfo:  # fmt: skip
         """Write a temporary file beside the key and rename it over the key: readers see the old object or
-        the new one. `durable=False` leaves the fsync to the caller's next `flush()`."""
+        the new one. `durable=False` leaves the fsync to the caller's next `flush()`. `size`: the bytes
+        the object needs, to say how much space is missing when the filesystem is full."""
         self.check_key(key)  # includes safe_key
         target = f"{self._root}/{key}"
         parent, _, name = target.rpartition("/")
@@ -191,6 +196,8 @@ class LocalStore(Store):
         except OSError as error:
             if error.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
                 raise InvalidKeyError(f"refused object key {key!r}: {error.strerror} at {self.url}") from error
+            if error.errno in NO_SPACE:
+                raise self._no_space(key, parent, size, error) from error
             raise
         try:
             try:
@@ -205,16 +212,32 @@ class LocalStore(Store):
             if isinstance(error, OSError) and error.errno in (errno.EISDIR, errno.ENOTEMPTY):
                 raise InvalidKeyError(f"refused object key {key!r}: a directory of that name exists at "
                                       f"{self.url}") from error  # fmt: skip
+            if isinstance(error, OSError) and error.errno in NO_SPACE:
+                raise self._no_space(key, parent, size, error) from error
             raise
         status = os.stat(target)
         return ObjectInfo.model_construct(key=key, size=status.st_size, etag=_etag(status))
+
+    def _no_space(self, key: str, directory: str, size: int | None, error: OSError) -> StoreError:
+        """A full filesystem (or a file-size or quota limit) is permanent for this write: say where, how much
+        the object needs and how much is free, so the operator can make room and rerun."""
+        try:
+            free = shutil.disk_usage(directory).free
+        except OSError:
+            free = None
+        needs = f"{size:,} bytes" if size is not None else "its bytes"
+        missing = f"; at least {size - free:,} bytes missing" if size is not None and free is not None else ""
+        left = f", {free:,} bytes free" if free is not None else ""
+        return StoreError(f"{self.url}: no space left writing {key!r} ({error.strerror}): the object needs "
+                          f"{needs}{left}{missing}. Nothing partial was left; free space at {self.url} (or "
+                          "choose another target), then rerun", permanent=True)  # fmt: skip
 
     def put_file(self, key: str, path: Path, durable: bool = True) -> ObjectInfo:
         def write(fd: int) -> None:
             with open(path, "rb", buffering=0) as source:
                 _kernel_copy(source.fileno(), fd, 0, os.fstat(source.fileno()).st_size)
 
-        return self._atomic_write(key, write, durable)
+        return self._atomic_write(key, write, durable, size=path.stat().st_size)
 
     def put_bytes(self, key: str, data: bytes, durable: bool = True) -> ObjectInfo:
         def write(fd: int) -> None:
@@ -222,7 +245,7 @@ class LocalStore(Store):
             while written < len(view):
                 written += os.write(fd, view[written:])
 
-        return self._atomic_write(key, write, durable)
+        return self._atomic_write(key, write, durable, size=len(data))
 
     def flush(self) -> None:
         if os.path.isdir(self._root or "/"):
@@ -377,11 +400,9 @@ class _LocalParts(PartWriter):
                 with open(self.area._file(part.token), "rb", buffering=0) as stream:
                     _kernel_copy(stream.fileno(), fd, 0, os.fstat(stream.fileno()).st_size)
 
-        info = self.store._atomic_write(self.key, write)
+        info = self.store._atomic_write(self.key, write, size=sum(part.size for part in parts))
         self.abort()
         return info
 
     def abort(self) -> None:
-        import shutil
-
         shutil.rmtree(self.directory, ignore_errors=True)

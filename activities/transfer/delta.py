@@ -28,12 +28,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import blake3
 from pydantic import BaseModel, Field
 
 from activities.stores import ObjectInfo, PartInfo, Store
-from activities.stores.base import Capabilities, MissingObjectError, part_size_for
+from activities.stores.base import Capabilities, MissingObjectError, ObjectChangedError, part_size_for
 from activities.transfer.chunking import SMALL_OBJECT, Chunk, digest
 from activities.transfer.manifest import ObjectManifest, fingerprint_many
 from activities.transfer.uploads import abort_upload, close_upload, open_upload
@@ -46,10 +47,30 @@ MAX_RANGE = 1024 * MiB
 #: Largest part copied inside the store in one request.
 MAX_COPY_PART = 1024 * MiB
 REFETCH_ATTEMPTS = 2
+T = TypeVar("T")
 
 
 class CorruptionError(RuntimeError):
     """A chunk kept failing its BLAKE3 check, or the written root differs: the object is not committed."""
+
+
+class SourceChanged(CorruptionError):
+    """The source object vanished or changed after it was listed and fingerprinted ("changed at the
+    source"): retrying the same staged range cannot succeed, so, like a corrupt object, it is skipped
+    by name with nothing committed; the next sync lists the source again and converges."""
+
+    @classmethod
+    def reading(cls, where: str, error: BaseException) -> SourceChanged:
+        return cls(f"{where}: changed at the source after it was listed ({error}); skipped, nothing was "
+                   "committed; rerun the sync to copy what the source holds now")  # fmt: skip
+
+
+def _from_source(where: str, read: Callable[[], T]) -> T:
+    """`read()` from the source object; a missing or changed object is `SourceChanged`, not a retry."""
+    try:
+        return read()
+    except (MissingObjectError, ObjectChangedError) as error:
+        raise SourceChanged.reading(where, error) from error
 
 
 class Interrupted(RuntimeError):
@@ -315,7 +336,8 @@ class Rebuild:
 
     def _fetch_remote(self, chunk: Chunk) -> bytes:
         for _ in range(REFETCH_ATTEMPTS):
-            data = self.source.read_bytes(self.manifest.key, chunk.offset, chunk.offset + chunk.length)
+            data = _from_source(self.where, lambda: self.source.read_bytes(self.manifest.key, chunk.offset,
+                                                                           chunk.offset + chunk.length))  # fmt: skip
             self._count(bytes_transferred=len(data), chunks_refetched=1)
             if digest(data) == chunk.digest:
                 return data
@@ -332,9 +354,9 @@ class Rebuild:
             store, key = (self.source, self.manifest.key) if remote else (self.target, run.local_key)
             try:
                 opened = store.open_read(key, run.start, run.end)
-            except MissingObjectError:
+            except (MissingObjectError, ObjectChangedError) as error:
                 if remote:
-                    raise
+                    raise SourceChanged.reading(self.where, error) from error
                 # The index remembered a target object that is gone (deleted by someone, or a store that was
                 # reset under a worker whose cache outlived it): these chunks come from the source.
                 for chunk in run.chunks:
@@ -475,7 +497,7 @@ def copy_small(source: Store, target: Store, manifest: ObjectManifest, stop: thr
         if staged is not None:
             data, staged = staged, None
         else:
-            data = source.read_bytes(manifest.key) if manifest.size else b""
+            data = _from_source(where, lambda: source.read_bytes(manifest.key)) if manifest.size else b""
             read += len(data)
         check = RootCheck()
         if data:

@@ -28,7 +28,7 @@ from activities.transfer.chunking import (
     merkle_root,
     params_for_size,
 )
-from activities.transfer.pool import raise_if_cancelled, run_pool, slices
+from activities.transfer.pool import Counter, raise_if_cancelled, run_pool, slices
 
 #: Report progress while chunking a large object every this many bytes (heartbeats show it).
 PROGRESS_EVERY = 16 << 20
@@ -130,25 +130,8 @@ class Fingerprinted:
     bodies: dict[str, bytes] = field(default_factory=dict)
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.lock, self.value = threading.Lock(), 0
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.value += n
-
-    def take(self, n: int) -> bool:
-        """Take `n` from what is left, if that much is."""
-        with self.lock:
-            if n > self.value:
-                return False
-            self.value -= n
-            return True
-
-
 def fingerprint_many(store: Store, infos: list[ObjectInfo], stop: threading.Event, beat: Callable[[], None],
-                     hashed: _Counter | None = None, keep_bytes: int = 0) -> Fingerprinted:  # fmt: skip
+                     hashed: Counter | None = None, keep_bytes: int = 0) -> Fingerprinted:  # fmt: skip
     """Manifests of many objects of one store: cached ones in one query, the rest read with bounded
     concurrency (`store.capabilities.parallel_requests`), small ones in slices; one cache write.
 
@@ -159,11 +142,10 @@ def fingerprint_many(store: Store, infos: list[ObjectInfo], stop: threading.Even
     cache = manifest_cache()
     found = cache.get_many(store, infos)
     missing = [info for info in infos if info.key not in found]
-    counter = hashed or _Counter()
+    counter = hashed or Counter()
     workers = store.capabilities.parallel_requests
     bodies: dict[str, bytes] = {}
-    budget = _Counter()
-    budget.value = keep_bytes
+    budget = Counter(keep_bytes)
 
     def small_task(part: list[ObjectInfo]) -> Callable[[], list[ObjectManifest]]:
         def task() -> list[ObjectManifest]:

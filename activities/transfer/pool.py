@@ -82,3 +82,22 @@ class Ticker:
         if now - self.last >= (BEAT_S if self.every_s is None else self.every_s):
             self.last = now
             self.beat()
+
+
+class Counter:
+    """A number many pool threads add to (bytes hashed) or take from (a budget of bytes kept)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.lock, self.value = threading.Lock(), value
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.value += n
+
+    def take(self, n: int) -> bool:
+        """Take `n` from what is left, if that much is."""
+        with self.lock:
+            if n > self.value:
+                return False
+            self.value -= n
+            return True

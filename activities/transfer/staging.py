@@ -148,6 +148,19 @@ def read_keys(area: Store, key: str) -> list[str]:
     return json.loads(zlib.decompress(area.read_bytes(key))) if area.exists(key) else []
 
 
+def write_deletes(area: Store, key: str, listed: dict[str, str | None]) -> None:
+    """Target keys to delete with the etag each had when listed (deleted only while still that version)."""
+    area.put_bytes(key, zlib.compress(json.dumps([[k, etag] for k, etag in listed.items()]).encode(), 6))
+
+
+def read_deletes(area: Store, key: str) -> dict[str, str | None]:
+    """What `write_deletes` wrote; a plain list of keys (written before etags were kept) has no etags."""
+    items = read_keys(area, key)
+    return {item: None for item in items if isinstance(item, str)} | {
+        item[0]: item[1] for item in items if isinstance(item, list) and len(item) == 2
+    }
+
+
 def _records(text: bytes) -> Iterator[dict]:
     for line in text.decode().split("\n"):
         if line:

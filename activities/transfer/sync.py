@@ -27,6 +27,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import InvalidKeyError, ObjectInfo, Store, StoreError, StoreSpec, open_store
 from activities.stores.base import reserved_prefix
+from activities.transfer.accounting import Meter, planned_receipt
 from activities.transfer.cache import manifest_cache
 from activities.transfer.delta import (
     ChunkIndex,
@@ -39,14 +40,14 @@ from activities.transfer.delta import (
 )
 from activities.transfer.layout import reserved_reason, staging_key, sync_name, user_objects
 from activities.transfer.ledger import LedgerEntry, Overwritten, legacy_ledger_name, preserve, record
-from activities.transfer.manifest import ObjectManifest, _Counter, fingerprint, fingerprint_many
-from activities.transfer.pool import Ticker, raise_if_cancelled, run_pool, slices
+from activities.transfer.manifest import ObjectManifest, fingerprint, fingerprint_many
+from activities.transfer.pool import Counter, Ticker, raise_if_cancelled, run_pool, slices
 from activities.transfer.staging import (
     Skipped,
-    read_keys,
+    read_deletes,
     read_payload,
     read_range,
-    write_keys,
+    write_deletes,
     write_payload,
     write_range,
 )
@@ -57,9 +58,6 @@ GiB = 1 << 30
 PARALLEL_OBJECTS = 4
 #: Skipped keys and example keys carried back per batch (the rest are counted).
 LISTED = 50
-
-#: Counters of bytes that crossed: a retried batch adds what its killed attempts already sent.
-CARRIED = ("bytes_transferred", "chunks_transferred", "chunks_refetched")
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -140,6 +138,9 @@ class FinishInput(BaseModel):
 class Finished(BaseModel):
     deleted: int = 0
     aborted_uploads: int = 0
+    kept_changed: list[str] = Field(default_factory=list, description=f"Objects not deleted because they changed "
+                                    f"at the target after the sync listed them (first {LISTED})")  # fmt: skip
+    kept_changed_count: int = 0
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def fingerprint_batch(request: BatchInput) -> FingerprintedBatch:
     infos: list[ObjectInfo] = []
     skipped: list[Skipped] = []
     size, last_key, done = 0, None, True
-    hashed, stop = _Counter(), threading.Event()
+    hashed, stop = Counter(), threading.Event()
 
     def beat() -> None:
         activity.heartbeat({"listed": len(infos) + len(skipped), "bytes_hashed": hashed.value})
@@ -232,54 +233,39 @@ def fingerprint_batch(request: BatchInput) -> FingerprintedBatch:
 
 
 class _Apply:
-    """One batch at the target: classify, preserve, ledger, copy; collect deletions."""
+    """One batch at the target: classify, preserve, ledger, copy; collect deletions. What crossed is
+    counted by a `Meter` (accounting.py), receipts first, so a retried batch counts each byte once."""
 
     def __init__(self, source: Store, target: Store, request: ApplyBatchInput) -> None:
         self.source, self.target, self.request = source, target, request
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.result = AppliedBatch(totals=Totals())
-        self.in_flight: dict[str, ObjectProgress] = {}
-        self.partial: dict[str, Totals] = {}
+        receipts = staging_key(request.sync, request.batch, "receipts") if request.staging_key else None
+        self.meter = Meter(target.metadata, receipts)
         self.committed: list[ObjectManifest] = []
         self.deletable: list[str] = []
         self.tick = Ticker(self.beat)
         self.payload: dict[str, bytes] = {}
-        self.payload_counted = False
-        # Bytes a killed attempt of this batch sent still crossed the boundary (and cost egress): carry them.
-        details = activity.info().heartbeat_details if activity.in_activity() else ()
-        self.reported_parts: dict[str, int] = {}
-        if details and isinstance(details[-1], dict) and "moved" in details[-1]:
-            moved = Totals.model_validate(details[-1]["moved"])
-            self.result.totals = Totals(**{name: getattr(moved, name) for name in CARRIED})
-            self.payload_counted = bool(details[-1].get("payload_counted"))
-            for progress in details[-1].get("in_flight", []):
-                self.reported_parts[progress["key"]] = sum(part["size"] for part in progress["parts"])
+
+    @property
+    def in_flight(self) -> dict[str, ObjectProgress]:
+        return self.meter.in_flight
 
     def take_payload(self, payload: dict[str, bytes]) -> None:
-        """Small objects' bytes the source worker staged: they crossed the boundary once, when staged, so
-        they count as sent (used or not), and a retried batch does not count them again."""
+        """Small objects' bytes the source worker staged: they crossed once, when staged (used or not)."""
         self.payload = payload
-        if not self.payload_counted:
-            self.result.totals.bytes_transferred += sum(len(body) for body in payload.values())
-            self.payload_counted = True
+        self.meter.count_payload(payload)
 
     def note_skip(self, key: str, reason: str) -> None:
+        self.meter.skip()
         with self.lock:
-            self.result.totals.objects_skipped += 1
             if len(self.result.skipped) < LISTED:
                 self.result.skipped.append(Skipped(key=key, reason=reason))
 
     def beat(self) -> None:
-        if not activity.in_activity():
-            return
-        with self.lock:
-            moved = self.result.totals
-            for partial in self.partial.values():
-                moved = moved.add(partial)
-            activity.heartbeat({"objects_changed": moved.objects_changed, "bytes": moved.bytes_transferred,
-                                "moved": moved.model_dump(mode="json"), "payload_counted": self.payload_counted,
-                                "in_flight": [p.model_dump(mode="json") for p in self.in_flight.values()]})  # fmt: skip
+        if activity.in_activity():
+            activity.heartbeat(self.meter.heartbeat_details())
 
     def merged(self, manifests: list[ObjectManifest]) -> Iterator[tuple[str, ObjectManifest | None, ObjectInfo | None]]:
         """Sorted merge of the staged source range and the target's listing of the same range."""
@@ -302,16 +288,24 @@ class _Apply:
             manifest = next(staged, None)
 
     def run(self, manifests: list[ObjectManifest], refused: set[str]) -> AppliedBatch:
-        request, totals = self.request, self.result.totals
+        try:
+            return self._run(manifests, refused)
+        finally:
+            self.result.totals = self.meter.totals
+
+    def _run(self, manifests: list[ObjectManifest], refused: set[str]) -> AppliedBatch:
+        request, totals = self.request, self.meter.totals
         changed: list[tuple[ObjectManifest, ObjectInfo | None]] = []
         same_size: list[tuple[ObjectManifest, ObjectInfo]] = []
         deletable: list[str] = []
+        listed: dict[str, str | None] = {}  # each deletable key's etag as listed: deleted only while unchanged
         for key, manifest, existing in self.merged(manifests):
             if existing is not None:
                 self.result.target_objects += 1
             if manifest is None:
                 if key not in refused:  # a source key we could not sync is not "gone" from the source
                     deletable.append(key)
+                    listed[key] = existing.etag if existing is not None else None
                 continue
             totals.objects_total += 1
             totals.bytes_total += manifest.size
@@ -325,6 +319,11 @@ class _Apply:
             changed += [(m, e) for m, e in same_size if current[e.key].root != m.root]
             changed.sort(key=lambda pair: pair[0].key)
         self.result.changed = [m.key for m, _ in changed[:LISTED]]
+        if not request.dry_run:  # what an earlier attempt committed is equal at the target now: count it once
+            writing = {m.key for m, _ in changed}
+            roots = {m.key: m.root for m in manifests}
+            earlier = self.meter.earlier_receipts().items()
+            self.meter.count_earlier([r for key, r in earlier if key not in writing and roots.get(key) == r.root])
         self.deletable = deletable
         self.result.deletable = len(deletable)
         self.result.deletable_examples = deletable[:LISTED]
@@ -332,7 +331,7 @@ class _Apply:
             self._estimate(changed)
             return self.result
         if request.delete and deletable:
-            write_keys(self.target.metadata, staging_key(request.sync, request.batch, "deletes"), deletable)
+            write_deletes(self.target.metadata, staging_key(request.sync, request.batch, "deletes"), listed)
         if request.ledger_key and changed:
             self._record_undo(changed)
         self._copy(changed)
@@ -371,7 +370,7 @@ class _Apply:
     def _estimate(self, changed: list[tuple[ObjectManifest, ObjectInfo | None]]) -> None:
         large = [(m, e) for m, e in changed if not m.small]
         index = ChunkIndex.for_changed(self.target, large, self.stop, self.beat) if large else ChunkIndex()
-        totals = self.result.totals
+        totals = self.meter.totals
         for manifest, _ in changed:
             missing = manifest.chunks if manifest.small else [c for c in manifest.chunks if c.digest not in index.where]
             totals.objects_changed += 1
@@ -381,13 +380,14 @@ class _Apply:
     def _copy(self, changed: list[tuple[ObjectManifest, ObjectInfo | None]]) -> None:
         small = [m for m, _ in changed if m.small]
         large = [(m, e) for m, e in changed if not m.small]
+        index = ChunkIndex.for_changed(self.target, large, self.stop, self.beat) if large else ChunkIndex()
+        self.meter.record_receipts({m.key: planned_receipt(m, index, m.key in self.payload) for m, _ in changed})
         workers = _parallel(self.source, self.target)
         tasks = [self._small_task(list(part)) for part in slices(small, workers)]
         self._settle(run_pool(tasks, workers, self.stop, self.beat))
         raise_if_cancelled(self.stop)
         if small:
             self.target.flush()  # small objects were written without an fsync each: one flush for the batch
-        index = ChunkIndex.for_changed(self.target, large, self.stop, self.beat) if large else ChunkIndex()
         tasks = [self._large_task(m, index) for m, _ in large]
         self._settle(run_pool(tasks, PARALLEL_OBJECTS, self.stop, self.beat))
         raise_if_cancelled(self.stop)
@@ -404,15 +404,6 @@ class _Apply:
                 failure = outcome
         if failure is not None:
             raise failure
-
-    def _committed(self, manifest: ObjectManifest, info: ObjectInfo, moved: Totals) -> None:
-        with self.lock:
-            self.committed.append(replace(manifest, key=info.key, etag=info.etag))
-            totals = self.result.totals.add(moved)
-            totals.objects_changed += 1
-            self.result.totals = totals
-            self.in_flight.pop(manifest.key, None)
-            self.partial.pop(manifest.key, None)
 
     def _small_task(self, part: list[ObjectManifest]) -> Callable[[], None]:
         """Copy a slice of small objects one after another (a task per slice, not per object)."""
@@ -432,12 +423,8 @@ class _Apply:
                     chunks += len(manifest.chunks)
                     committed.append(replace(manifest, key=info.key, etag=info.etag))
             finally:
+                self.meter.count_small(len(committed), read, chunks)
                 with self.lock:
-                    totals = self.result.totals
-                    totals.bytes_transferred += read
-                    totals.chunks_transferred += chunks
-                    totals.objects_verified += len(committed)
-                    totals.objects_changed += len(committed)
                     self.committed += committed
 
         task.key = part[0].key if part else ""  # type: ignore[attr-defined]
@@ -445,21 +432,17 @@ class _Apply:
 
     def _large_task(self, manifest: ObjectManifest, index: ChunkIndex) -> Callable[[], None]:
         def report(progress: ObjectProgress, moved: Totals) -> None:
-            with self.lock:
-                self.in_flight[manifest.key] = progress.model_copy(deep=True)
-                self.partial[manifest.key] = moved.model_copy()
+            self.meter.progress(manifest.key, progress, moved)
 
         def task() -> None:
             rebuild = Rebuild(self.source, self.target, manifest, index, report, self.stop)
             info = rebuild.run()
-            # Parts the provider held that no heartbeat reported were still sent by an earlier attempt.
-            unreported = max(0, rebuild.resumed_bytes - self.reported_parts.get(manifest.key, 0))
-            rebuild.totals.bytes_transferred += unreported
-            if unreported:  # and their chunks, in proportion (a resumed object showed 268 MB sent, "0 chunks sent")
-                rebuild.totals.chunks_transferred += round(rebuild.resumed_chunks * unreported / rebuild.resumed_bytes)
             with self.lock:
                 index.add(replace(manifest, etag=info.etag))  # later objects may reuse its chunks
-            self._committed(manifest, info, rebuild.totals)
+                self.committed.append(replace(manifest, key=info.key, etag=info.etag))
+            # Parts an earlier attempt uploaded (found through the upload record) crossed too, once: count them
+            # with the object (a resumed object showed 268 MB sent, "0 chunks sent").
+            self.meter.count_large(manifest.key, rebuild.totals, rebuild.resumed_bytes, rebuild.resumed_chunks)
 
         task.key = manifest.key  # type: ignore[attr-defined]
         return task
@@ -509,10 +492,13 @@ def finish_sync(request: FinishInput) -> Finished:
         staged = {info.key for info in area.list(f"staging/{sync_name(request.sync)}")}
         for batch in range(request.batches):
             name = staging_key(request.sync, batch, "deletes")
-            keys = read_keys(area, name) if name in staged else []
-            if keys:
-                result.deleted += target.remove_many(keys)
-                manifest_cache().forget_many(target, keys)
+            listed = read_deletes(area, name) if name in staged else {}
+            if listed:
+                deleted, changed = target.remove_if_unchanged(listed)
+                result.deleted += deleted
+                result.kept_changed_count += len(changed)
+                result.kept_changed = (result.kept_changed + changed)[:LISTED]
+                manifest_cache().forget_many(target, list(listed))
             activity.heartbeat(result.deleted)
     if not request.dry_run:
         result.aborted_uploads = abort_stale(target, request.started_at)
