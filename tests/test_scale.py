@@ -317,9 +317,8 @@ def test_a_part_plan_covers_the_object_with_parts_the_store_accepts(edited):
     """Copied runs of reused chunks and streamed parts between them: contiguous, none below S3's 5 MiB
     minimum but the last, copies taken from where the index says the chunks are."""
     from activities.stores.base import part_size_for
-    from activities.transfer.chunking import Chunk, params_for_size
+    from activities.transfer.chunking import Chunk, ObjectManifest, params_for_size
     from activities.transfer.delta import ChunkIndex, Location, plan_parts
-    from activities.transfer.manifest import ObjectManifest
 
     chunks = [Chunk(offset=i * 128 * KiB, length=128 * KiB, digest=f"{i:064x}") for i in range(400)]
     size = 400 * 128 * KiB

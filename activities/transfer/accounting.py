@@ -22,8 +22,8 @@ import zlib
 from pydantic import BaseModel
 
 from activities.stores import Store
+from activities.transfer.chunking import ObjectManifest
 from activities.transfer.delta import ChunkIndex, ObjectProgress, Totals
-from activities.transfer.manifest import ObjectManifest
 
 
 class Receipt(BaseModel):

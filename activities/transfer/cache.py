@@ -20,8 +20,7 @@ import threading
 from pathlib import Path
 
 from activities.stores import ObjectInfo, Store
-from activities.transfer.chunking import Chunk, ChunkParams
-from activities.transfer.manifest import ObjectManifest
+from activities.transfer.chunking import Chunk, ChunkParams, ObjectManifest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (

@@ -142,3 +142,23 @@ def merkle_root(chunks: list[Chunk]) -> str:
         hasher.update(bytes.fromhex(chunk.digest))
         hasher.update(chunk.length.to_bytes(8, "little"))
     return hasher.hexdigest()
+
+
+@dataclass(slots=True)
+class ObjectManifest:
+    """An object's chunks and Merkle root, for the version `etag` names (its change detector).
+
+    A slotted dataclass like `Chunk`: one per object of a million-object sync, never an activity's
+    input or output (cached and staged packed)."""
+
+    key: str
+    size: int
+    etag: str | None
+    params: ChunkParams
+    chunks: list[Chunk]
+    root: str
+
+    @property
+    def small(self) -> bool:
+        """One chunk, one digest: copied whole, without chunk-level machinery."""
+        return self.size <= SMALL_OBJECT

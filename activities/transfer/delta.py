@@ -35,8 +35,8 @@ from pydantic import BaseModel, Field
 
 from activities.stores import ObjectInfo, PartInfo, Store
 from activities.stores.base import Capabilities, MissingObjectError, ObjectChangedError, part_size_for
-from activities.transfer.chunking import SMALL_OBJECT, Chunk, digest
-from activities.transfer.manifest import ObjectManifest, fingerprint_many
+from activities.transfer.chunking import SMALL_OBJECT, Chunk, ObjectManifest, digest
+from activities.transfer.manifest import fingerprint_many
 from activities.transfer.uploads import abort_upload, close_upload, open_upload
 
 MiB = 1 << 20

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 from activities.stores import ObjectInfo, Store, StoreError
 from activities.transfer import parallel
+from activities.transfer.cache import manifest_cache
 from activities.transfer.chunking import (
     SMALL_OBJECT,
     Chunk,
-    ChunkParams,
+    ObjectManifest,
     chunk_stream,
     digest,
     merkle_root,
@@ -32,26 +33,6 @@ from activities.transfer.pool import Counter, raise_if_cancelled, run_pool, slic
 
 #: Report progress while chunking a large object every this many bytes (heartbeats show it).
 PROGRESS_EVERY = 16 << 20
-
-
-@dataclass(slots=True)
-class ObjectManifest:
-    """An object's chunks and Merkle root, for the version `etag` names (its change detector).
-
-    A slotted dataclass like `Chunk`: one per object of a million-object sync, never an activity's
-    input or output (cached and staged packed)."""
-
-    key: str
-    size: int
-    etag: str | None
-    params: ChunkParams
-    chunks: list[Chunk]
-    root: str
-
-    @property
-    def small(self) -> bool:
-        """One chunk, one digest: copied whole, without chunk-level machinery."""
-        return self.size <= SMALL_OBJECT
 
 
 def small_manifest(info: ObjectInfo, data: bytes) -> ObjectManifest:
@@ -102,15 +83,11 @@ def compute_manifest(store: Store, info: ObjectInfo, progress: Callable[[int], N
 
 def load_manifest(store: Store, info: ObjectInfo) -> ObjectManifest | None:
     """This worker's cached manifest of exactly this version of the object, if it has one."""
-    from activities.transfer.cache import manifest_cache
-
     return manifest_cache().get(store, info)
 
 
 def fingerprint(store: Store, info: ObjectInfo) -> tuple[ObjectManifest, bool]:
     """The object's manifest and whether its bytes had to be read (False: served from this worker's cache)."""
-    from activities.transfer.cache import manifest_cache
-
     cache = manifest_cache()
     cached = cache.get(store, info)
     if cached is not None:
@@ -137,8 +114,6 @@ def fingerprint_many(store: Store, infos: list[ObjectInfo], stop: threading.Even
 
     `keep_bytes`: keep the bytes of small objects that had to be read (new or changed since this worker
     last saw them: the ones the target most likely lacks), up to that many bytes in all."""
-    from activities.transfer.cache import manifest_cache
-
     cache = manifest_cache()
     found = cache.get_many(store, infos)
     missing = [info for info in infos if info.key not in found]

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from activities.stores import Store, StoreError
 from activities.transfer.cache import decode, encode
-from activities.transfer.manifest import ObjectManifest
+from activities.transfer.chunking import ObjectManifest
 
 _MAGIC = b"SKYSHIFT-RANGE-2\n"
 _KEY = struct.Struct("<BI")  # kind (0 manifest, 1 skipped), key length

@@ -29,6 +29,7 @@ from activities.stores import InvalidKeyError, ObjectInfo, Store, StoreError, St
 from activities.stores.base import reserved_prefix
 from activities.transfer.accounting import Meter, planned_receipt
 from activities.transfer.cache import manifest_cache
+from activities.transfer.chunking import ObjectManifest
 from activities.transfer.delta import (
     ChunkIndex,
     CorruptionError,
@@ -40,7 +41,7 @@ from activities.transfer.delta import (
 )
 from activities.transfer.layout import reserved_reason, staging_key, sync_name, user_objects
 from activities.transfer.ledger import LedgerEntry, Overwritten, legacy_ledger_name, preserve, record
-from activities.transfer.manifest import ObjectManifest, fingerprint, fingerprint_many
+from activities.transfer.manifest import fingerprint, fingerprint_many
 from activities.transfer.pool import Counter, Ticker, raise_if_cancelled, run_pool, slices
 from activities.transfer.staging import (
     Skipped,
