@@ -35,7 +35,7 @@ import sys
 
 from rich.console import Console
 
-from activities.bench import BenchResult, ceiling_for, ceiling_of
+from activities.microsuite import BenchResult, ceiling_for, ceiling_of
 from starters.cmd_bench import render
 
 result = BenchResult.model_validate_json(open(sys.argv[1]).read())

@@ -238,12 +238,12 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------------
 
-#: Modules that add their own subcommands: each has `add_commands(subparsers)`, sets `handler` on
-#: its parsers and imports heavy libraries (torch) only inside its handlers.
+#: Modules that add their own subcommands, each named `cmd_<command>.py` with `add_commands(sub)`: each
+#: sets `handler` on its parsers and imports heavy libraries (torch) only inside its handlers.
 COMMAND_MODULES: tuple[str, ...] = (
-    "starters.sync",
-    "starters.watch",
-    "starters.report",
+    "starters.cmd_sync",
+    "starters.cmd_watch",
+    "starters.cmd_report",
     "starters.cmd_bench",
     "starters.cmd_checkpoint",
     "starters.cmd_failback",

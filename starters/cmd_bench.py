@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from activities.bench import BenchInput, BenchResult, CompatibilityMatrix, EnvironmentFingerprint, Measurement
+    from activities.microsuite import BenchInput, BenchResult, CompatibilityMatrix, EnvironmentFingerprint, Measurement
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _request(args: argparse.Namespace) -> BenchInput:
-    from activities.bench import BenchInput
+    from activities.microsuite import BenchInput
 
     size = args.size
     if size is None and not args.quick:
@@ -77,7 +77,7 @@ def _request(args: argparse.Namespace) -> BenchInput:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from activities.bench import run_benchmark
+    from activities.microsuite import run_benchmark
 
     request = _request(args)
 
@@ -157,7 +157,7 @@ def telemetry_text(m: Measurement) -> str:
 
 
 def suite_table(result: BenchResult, terminal: bool = False) -> Table:
-    from activities.bench import ceiling_of
+    from activities.microsuite import ceiling_of
 
     suite = result.suite
     assert suite is not None

@@ -211,7 +211,7 @@ async def follow(
 ) -> MigrationState:
     """Poll `status` until the workflow closes (or `until(state)`), calling `on_change` whenever the state moved.
 
-    `skyshift watch` follows the history instead (starters.watch); this loop serves callers that
+    `skyshift watch` follows the history instead (starters.cmd_watch); this loop serves callers that
     act on every tick, like the demo's auto-approver.
     """
     previous: MigrationState | None = None

@@ -40,10 +40,10 @@ def cpu_bf16(request, monkeypatch) -> bool:
     """Both branches of every CPU-bf16 decision on any CPU: native bf16 forced on, then forced off.
 
     The suite must pass on CPUs with and without `avx512_bf16`; forcing the switch (which the code
-    honours, see activities.bench.fingerprint) covers both wherever the tests run. Expectations read
+    honours, see activities.microsuite.fingerprint) covers both wherever the tests run. Expectations read
     the capability back through `cpu_supports`, never from the machine a test was written on.
     """
-    from activities.bench.fingerprint import FORCE_VARIABLE, cpu_supports
+    from activities.microsuite.fingerprint import FORCE_VARIABLE, cpu_supports
 
     monkeypatch.setenv(FORCE_VARIABLE.format("BF16"), request.param)
     assert cpu_supports("bf16") == (request.param == "on")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.bench import (
+from activities.microsuite import (
     BenchResult,
     EnvironmentFingerprint,
     GpuInfo,
@@ -23,10 +23,10 @@ from activities.bench import (
     ceiling_of,
     compatibility_matrix,
 )
-from activities.bench.compat import driver_check
-from activities.bench.judge import BenchTolerances, JudgeBenchInput, judge_bench
-from activities.bench.telemetry import decode_reasons, store_series, summarize
-from activities.bench.topology import parse_topology
+from activities.microsuite.compat import driver_check
+from activities.microsuite.judge import BenchTolerances, JudgeBenchInput, judge_bench
+from activities.microsuite.telemetry import decode_reasons, store_series, summarize
+from activities.microsuite.topology import parse_topology
 
 
 def fingerprint(**changes) -> EnvironmentFingerprint:

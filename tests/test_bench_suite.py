@@ -17,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
-from activities.bench import (
+from activities.microsuite import (
     BenchInput,
     BenchProgress,
     BenchResult,
@@ -26,10 +26,10 @@ from activities.bench import (
     run_benchmark_activity,
     run_suite,
 )
-from activities.bench import suite as bench_suite
-from activities.bench.allreduce import bus_bandwidth
-from activities.bench.ceilings import ceiling_of
-from activities.bench.telemetry import TelemetrySampler, nvml_unavailable_reason
+from activities.microsuite import suite as bench_suite
+from activities.microsuite.allreduce import bus_bandwidth
+from activities.microsuite.ceilings import ceiling_of
+from activities.microsuite.telemetry import TelemetrySampler, nvml_unavailable_reason
 
 TRIALS = 3
 TINY = dict(trials=TRIALS, matrix_size=64, seconds_per_test=0.05, device_copy_mib=1, inference_batch=4,

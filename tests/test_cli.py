@@ -110,7 +110,7 @@ async def test_operator_commands_drive_a_migration(tmp_path, client, capsys):
         assert await cli("start", str(plan_file), "--id", workflow_id, "--json") == 0
         started = json.loads(capsys.readouterr().out)
         assert started["id"] == workflow_id and started["ui"].endswith(f"/workflows/{workflow_id}")
-        from starters.watch import watch
+        from starters.cmd_watch import watch
 
         watching = asyncio.ensure_future(watch(client, workflow_id, "json", out=frames_out))
 
@@ -240,7 +240,7 @@ def test_the_parser_does_not_import_torch():
 
 def test_commands_that_only_talk_to_temporal_do_not_import_torch():
     """Start-up matters for a CLI: the operator modules (status, approve, watch, report) stay clear of torch."""
-    pulled, importtime = imports_torch("import starters.operate, starters.render, starters.watch, starters.report")
+    pulled, importtime = imports_torch("import starters.operate, starters.render, starters.cmd_watch, starters.report")
     assert not pulled, f"torch is imported at CLI start-up through: {' <- '.join(torch_importer(importtime))}"
 
 

@@ -193,8 +193,8 @@ def job_run(store_url: str, job: str, env: str, arm: str, losses: list[float], s
 
 
 def test_the_operators_job_gives_curves_by_reference_cost_per_epoch_and_convergence(reports, tmp_path):
-    from activities.jobs.bench import JobBenchSide, JudgeJobBenchInput, judge_job_bench
     from activities.jobs.run import JobResult
+    from activities.jobs.speed import JobBenchSide, JudgeJobBenchInput, judge_job_bench
     from skyshift.spec.jobs import JobSpec
     from starters.report.build import build_report
     from starters.report.history import ActivityRecord

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from activities.bench import BenchInput, run_benchmark
+from activities.microsuite import BenchInput, run_benchmark
 from activities.traffic import HttpRouter, Weights
 from skyshift.spec.traffic import HttpRouterSpec
 from starters.cli import main

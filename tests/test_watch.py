@@ -16,9 +16,9 @@ from rich.console import Console
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from starters.cmd_watch import Timer, build_frame, plain_lines, screen
 from starters.render import SyncProgress
 from starters.report.history import Recorded, read_runs
-from starters.watch import Timer, build_frame, plain_lines, screen
 from tests.helpers import recorded_histories
 from workflows.state import Gate
 

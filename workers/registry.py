@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from activities.assess import inventory_storage, project_assessment
-from activities.bench import run_benchmark_activity
-from activities.bench.judge import judge_bench_activity
-from activities.bench.poc import compare_benchmarks
 from activities.checkpoints.compat import checkpoint_compatibility
 from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
@@ -13,6 +10,9 @@ from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_check
 from activities.failback import failback_drill
 from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, record_code_root, run_job
 from activities.metrics import scrape_endpoints
+from activities.microsuite import run_benchmark_activity
+from activities.microsuite.judge import judge_bench_activity
+from activities.microsuite.poc import compare_benchmarks
 from activities.preemption.watch import acknowledge_preemption, watch_preemption
 from activities.shadow.runner import run_shadow, set_mirror
 from activities.traffic import route_traffic

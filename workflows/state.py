@@ -16,13 +16,13 @@ from workflows.sync import SyncResult
 with workflow.unsafe.imports_passed_through():
     from activities.analysis import Verdict
     from activities.assess import AssessReport
-    from activities.bench import BenchResult
-    from activities.bench.judge import PocJudgement
-    from activities.bench.poc import PocComparison
     from activities.checkpoints.compat import CompatibilityReport
     from activities.checkpoints.sealed import SealResult
     from activities.jobs import JobBenchComparison, JobComparison
     from activities.metrics import EndpointSnapshot
+    from activities.microsuite import BenchResult
+    from activities.microsuite.judge import PocJudgement
+    from activities.microsuite.poc import PocComparison
     from activities.sequential import SignEvidence
     from activities.shadow.runner import ShadowResult
     from activities.transfer.archive import ReleaseResult

@@ -5,13 +5,13 @@ checkpoint, then resumed from it); `compare_job_arms`, `judge_handoff` and `judg
 control worker; `record_code_root` on the source's worker once the job's code is synced.
 """
 
-from activities.jobs.bench import JobBenchComparison, JobBenchSide, JudgeJobBenchInput, judge_job_bench
 from activities.jobs.compare import CompareJobArmsInput, JobComparison, compare_job_arms
 from activities.jobs.continuity import HandoffComparison, HandoffMeasures, JudgeHandoffInput, judge_handoff
 from activities.jobs.files import ArtifactRef, CodeRoot, CodeRootInput, code_root, record_code_root
 from activities.jobs.resume import CheckpointRef
 from activities.jobs.run import JobProgress, JobResult, OutputFile, RunJobInput, run_job
 from activities.jobs.series import JobTiming
+from activities.jobs.speed import JobBenchComparison, JobBenchSide, JudgeJobBenchInput, judge_job_bench
 from skyshift.spec.jobs import JobCostModel, JobSpec, JobTolerances, ResumeSpec
 
 __all__ = [

@@ -13,9 +13,6 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.bench import BenchInput, run_benchmark_activity
-    from activities.bench.judge import BenchTolerances, JudgeBenchInput, judge_bench_activity
-    from activities.bench.poc import CompareBenchInput, compare_benchmarks
     from activities.checkpoints.compat import CompatibilityInput, checkpoint_compatibility
     from activities.checkpoints.inspect import inspect_checkpoint
     from activities.checkpoints.models import InspectInput
@@ -27,6 +24,9 @@ with workflow.unsafe.imports_passed_through():
         judge_job_bench,
         record_code_root,
     )
+    from activities.microsuite import BenchInput, run_benchmark_activity
+    from activities.microsuite.judge import BenchTolerances, JudgeBenchInput, judge_bench_activity
+    from activities.microsuite.poc import CompareBenchInput, compare_benchmarks
     from activities.stores.base import metadata_spec
     from workflows.phases.context import MigrationContext
     from workflows.phases.job_runs import run_job_on

@@ -1,6 +1,6 @@
 """The POC's throughput and cost per unit of work, side by side: the first judge of the micro-suite.
 
-Kept apart from `activities.bench.judge` (which adds ceilings and the environment matrix and replaces
+Kept apart from `activities.microsuite.judge` (which adds ceilings and the environment matrix and replaces
 this verdict with the whole one) so that judging never imports back into the suite's package.
 """
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from temporalio import activity
 
 from activities.analysis import AnalysisRule, Check, Verdict, judge_measurement, verdict
-from activities.bench.models import BenchResult
+from activities.microsuite.models import BenchResult
 from activities.trials import slowdown_measurement
 
 

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
-from activities.bench.allreduce import bus_bandwidth, run_allreduce
-from activities.bench.fingerprint import cpu_model, cpu_supports, environment_fingerprint
-from activities.bench.models import (
+from activities.microsuite.allreduce import bus_bandwidth, run_allreduce
+from activities.microsuite.fingerprint import cpu_model, cpu_supports, environment_fingerprint
+from activities.microsuite.models import (
     MIN_CEILING_MATRIX_SIZE,
     PEAK_MATRIX_SIZE,
     BenchInput,
@@ -40,8 +40,8 @@ from activities.bench.models import (
     SuiteResult,
     SustainedResult,
 )
-from activities.bench.telemetry import TelemetrySampler, store_series, summarize
-from activities.bench.topology import read_topology
+from activities.microsuite.telemetry import TelemetrySampler, store_series, summarize
+from activities.microsuite.topology import read_topology
 
 if TYPE_CHECKING:
     import torch

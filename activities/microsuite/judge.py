@@ -19,9 +19,9 @@ from temporalio import activity
 
 from activities.analysis import AnalysisRule, Check, Verdict, judge, verdict
 from activities.analysis import Measurement as AnalysisMeasurement
-from activities.bench.ceilings import CeilingFigure, ceiling_of
-from activities.bench.compat import compatibility_matrix
-from activities.bench.models import (
+from activities.microsuite.ceilings import CeilingFigure, ceiling_of
+from activities.microsuite.compat import compatibility_matrix
+from activities.microsuite.models import (
     MIN_CEILING_MATRIX_SIZE,
     BenchResult,
     CompatibilityMatrix,
@@ -29,7 +29,7 @@ from activities.bench.models import (
     Stat,
     SuiteResult,
 )
-from activities.bench.poc import CompareBenchInput, PocComparison, judge_benchmarks
+from activities.microsuite.poc import CompareBenchInput, PocComparison, judge_benchmarks
 
 
 class BenchTolerances(BaseModel):

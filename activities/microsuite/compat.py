@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from activities.bench.models import CompatibilityMatrix, CompatRow, EnvironmentFingerprint
+from activities.microsuite.models import CompatibilityMatrix, CompatRow, EnvironmentFingerprint
 
 #: Oldest Linux driver that runs anything built with a CUDA major (minor-version compatibility), from
 #: https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html (Table 1, checked 2026-11-29):

@@ -2,7 +2,7 @@
 
 Run by path (not as a package module) so each rank imports torch and the standard library only.
 Follows nccl-tests: float32 sum, warm-up then timed iterations per message size, the slowest rank's
-time per operation; the bandwidth arithmetic happens in the parent (activities/bench/allreduce.py).
+time per operation; the bandwidth arithmetic happens in the parent (activities/microsuite/allreduce.py).
 """
 
 from __future__ import annotations

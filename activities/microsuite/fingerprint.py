@@ -11,7 +11,7 @@ import os
 import platform
 from pathlib import Path
 
-from activities.bench.models import EnvironmentFingerprint, GpuInfo
+from activities.microsuite.models import EnvironmentFingerprint, GpuInfo
 
 
 def cpu_model() -> str:

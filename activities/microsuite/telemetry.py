@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from activities.bench.models import Stat, TelemetrySample, TelemetrySummary
+from activities.microsuite.models import Stat, TelemetrySample, TelemetrySummary
 
 #: NVML clock-event ("throttle") reason bits, by the names nvidia-smi prints. nvidia-ml-py exposes the same
 #: values as nvmlClocksEventReason* constants; they are spelled out here so summaries decode without NVML.

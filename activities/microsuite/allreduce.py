@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from activities.bench.models import AllReducePoint, AllReduceResult, Stat
+from activities.microsuite.models import AllReducePoint, AllReduceResult, Stat
 
 WORKER = Path(__file__).with_name("allreduce_worker.py")
 

@@ -14,7 +14,7 @@ import re
 
 from pydantic import BaseModel, Field
 
-from activities.bench.models import Measurement
+from activities.microsuite.models import Measurement
 
 
 class DeviceCeiling(BaseModel):

@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 
-from activities.bench.models import Topology
+from activities.microsuite.models import Topology
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GPU = re.compile(r"^GPU\d+$")

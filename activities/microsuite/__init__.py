@@ -3,14 +3,14 @@
 `run_benchmark` (activity `run_benchmark`) runs the suite and fingerprints the environment on one
 worker; `judge_bench` (activity `judge_bench`) holds both sides against each other, the plan's
 tolerances and each device's datasheet ceiling, and puts both fingerprints in one compatibility
-matrix. The judge lives in `activities.bench.judge` (not re-exported: it builds on `activities.windows`,
+matrix. The judge lives in `activities.microsuite.judge` (not re-exported: it builds on `activities.windows`,
 which imports this package). Importing this package does not import torch.
 """
 
-from activities.bench.ceilings import CEILINGS, CeilingFigure, DeviceCeiling, ceiling_for, ceiling_of
-from activities.bench.compat import compatibility_matrix
-from activities.bench.fingerprint import environment_fingerprint
-from activities.bench.models import (
+from activities.microsuite.ceilings import CEILINGS, CeilingFigure, DeviceCeiling, ceiling_for, ceiling_of
+from activities.microsuite.compat import compatibility_matrix
+from activities.microsuite.fingerprint import environment_fingerprint
+from activities.microsuite.models import (
     AllReducePoint,
     AllReduceResult,
     BenchInput,
@@ -31,7 +31,7 @@ from activities.bench.models import (
     TelemetrySummary,
     Topology,
 )
-from activities.bench.suite import resolve_device, run_benchmark, run_benchmark_activity, run_suite
+from activities.microsuite.suite import resolve_device, run_benchmark, run_benchmark_activity, run_suite
 
 __all__ = [
     "CEILINGS",
