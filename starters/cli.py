@@ -78,9 +78,13 @@ def cmd_start(args: argparse.Namespace) -> int:
             return EXIT_OK
         from starters.reconnect import patiently
 
-        state = await patiently(handle.result, f"waiting for {handle.id}")
+        async def settled():  # an outcome, or completed into its failback window
+            return await operate.follow(client, handle.id, lambda state, previous: None, interval=1.0,
+                                        until=lambda state: state.in_failback_window)  # fmt: skip
+
+        state = await patiently(settled, f"waiting for {handle.id}")
         emit(args, state.model_dump(mode="json"), render.summary(state, ui_link(handle.id)))
-        return EXIT_OK if state.outcome == "completed" else EXIT_FAILED
+        return EXIT_OK if state.outcome == "completed" or state.in_failback_window else EXIT_FAILED
 
     return with_client(go)(args)
 
@@ -320,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     start = command("start", cmd_start, "start a migration from PLAN.yaml")
     start.add_argument("plan", help="the plan file (YAML or JSON); validated before anything starts")
     start.add_argument("--id", help="workflow id, never reused (default: <plan name>-<random>)")
-    start.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 unless completed")
+    start.add_argument(
+        "--wait", action="store_true",
+        help="wait until it completes (into its failback window) or ends otherwise; exit 1 unless completed",
+    )
 
     status = command("status", cmd_status, "a migration's phase, stage, traffic, verdicts, gate and audit log")
     status.add_argument("id", help="the migration's workflow id")

@@ -370,7 +370,8 @@ def plain_lines(frame: WatchFrame, previous: WatchFrame | None) -> list[str]:
 
 
 async def watch(client: Client, workflow_id: str, mode: str, out=None, console=None) -> MigrationState | None:
-    """Follow until the migration closes; mode is "live" (rich screen), "plain" or "json". Returns the last state."""
+    """Follow until the migration closes or completes into its failback window; mode is "live" (rich screen),
+    "plain" or "json". Returns the last state."""
     out = out or sys.stdout
     last: WatchFrame | None = None
     state: MigrationState | None = None
@@ -386,6 +387,8 @@ async def watch(client: Client, workflow_id: str, mode: str, out=None, console=N
         with Live(console=console, refresh_per_second=2, get_renderable=draw, transient=False):
             async for frame, current in follow(client, workflow_id):
                 last, state = frame, current
+                if current.in_failback_window:
+                    break  # completed: the window stays open for weeks, `status` and `failback` reach it
         return state
     async for frame, current in follow(client, workflow_id):
         state = current
@@ -397,6 +400,8 @@ async def watch(client: Client, workflow_id: str, mode: str, out=None, console=N
             for line in plain_lines(frame, last):
                 print(line, file=out, flush=True)
         last = frame
+        if current.in_failback_window:
+            break  # completed: the window stays open for weeks, `status` and `failback` reach it
     return state
 
 
@@ -415,7 +420,8 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> int:
     state = await watch(client, args.id, mode)
     if mode != "json" and state is not None:
         print(render.summary(state, ui_link(args.id)))
-    return EXIT_OK if state is not None and state.outcome == "completed" else EXIT_FAILED
+    done = state is not None and (state.outcome == "completed" or state.in_failback_window)
+    return EXIT_OK if done else EXIT_FAILED
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@ reverse syncs and the monitored soak run in real time on loopback stores, endpoi
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from activities.stores import open_store
 from activities.traffic import HttpRouter, Weights
 from skyshift.spec.traffic import HttpRouterSpec
 from starters.cmd_failback import request_failback
+from starters.cmd_watch import watch
 from starters.common import UsageError
 from starters.load import LoadGenerator
 from starters.operate import start_migration
@@ -95,6 +97,9 @@ async def test_reverse_sync_keeps_the_source_current_and_failing_back_brings_the
     async with running_workers(client, plan.source, plan.target):
         handle = await start_migration(client, plan)
         await approve_gates(handle, in_window)
+        shown = io.StringIO()
+        watched = await watch(client, handle.id, "plain", out=shown)  # ends: completed, the window open
+        assert watched.in_failback_window and "failback" in shown.getvalue()
         target.put_bytes("outputs/ckpt-1.bin", b"step 1" * 1000)
         state = await wait_for(handle, lambda s: any(p.objects for p in s.failback.passes), timeout=60,
                                what="a reverse pass that carried the target's output")  # fmt: skip

@@ -178,6 +178,11 @@ class MigrationState(BaseModel):
     outcome_reason: str = ""
     ended_in: str | None = Field(None, description="The phase the migration was in when it stopped or failed")
 
+    @property
+    def in_failback_window(self) -> bool:
+        """Done in an operator's sense: completed, with the way back still open (`skyshift failback`)."""
+        return self.phase == "failback" and self.outcome is None
+
 
 class MigrationInput(BaseModel):
     plan: MigrationPlan
