@@ -36,6 +36,7 @@ BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
 FAILBACK_WINDOW = "2026-12-failback-window"
 MONITORED_SOAK = "2026-12-monitored-soak"
 HANDOFF_ARM = "2026-12-handoff-arm"
+CONTINUOUS_SYNC = "2026-12-continuous-sync"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -58,4 +59,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch(HANDOFF_ARM, "2026-12-03",
           "a resumable job (plan resume:) gets a fourth arm in the parallel run: SIGTERM on the source, its "
           "checkpoint delta-synced, resumed on the target, judged for continuity against the uninterrupted source"),
+    Patch(CONTINUOUS_SYNC, "2026-12-03",
+          "a plan with `sync: {every}` delta-syncs its datasets to the target on that schedule from the POC to the "
+          "final sync (a loop beside the phases, stopped and waited for before the final sync and before any undo)"),
 )  # fmt: skip

@@ -9,6 +9,7 @@ new plumbing in the workflow class.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import timedelta
@@ -56,6 +57,8 @@ class MigrationContext:
     def __init__(self, plan: MigrationPlan, state: MigrationState) -> None:
         self.plan = plan
         self.state = state
+        #: The continuous sync's loop (workflows/phases/continuous.py), while it runs in this run.
+        self.sync_task: asyncio.Task[None] | None = None
 
     # -- what the plan moves --------------------------------------------------------------------
 
@@ -156,6 +159,9 @@ class MigrationContext:
             self.audit("skyshift", "compensation_registered", announce)
 
     def continue_as_new_if_suggested(self) -> None:
+        """Not while a continuous-sync pass is in flight: its children would be left without a parent."""
+        if self.state.sync.in_pass:
+            return
         if workflow.info().is_continue_as_new_suggested() and workflow.all_handlers_finished():
             workflow.continue_as_new(MigrationInput(plan=self.plan, resume=self.state))
 

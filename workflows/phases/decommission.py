@@ -15,6 +15,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
+    from workflows.phases import continuous
     from workflows.phases.context import MigrationContext
     from workflows.phases.cutover import StagedCutover
     from workflows.phases.transfers import copy_workloads, move_sealed
@@ -41,6 +42,7 @@ async def decommission(ctx: MigrationContext) -> None:
         "if the plan has one): the last steps cannot be undone",
     )
     result = ctx.state.decommission
+    await continuous.stop(ctx, "final sync")  # a pass in flight is cancelled and waited for; the final sync redoes it
     result.final_sync = await copy_workloads(ctx, "final")
     for checkpoint in ctx.encrypted():
         await move_sealed(ctx, checkpoint)  # incremental: only chunks the sealed copy lacks are sent
