@@ -5,6 +5,7 @@ from __future__ import annotations
 from activities.assess import inventory_storage, project_assessment
 from activities.bench import run_benchmark_activity
 from activities.bench.judge import judge_bench_activity
+from activities.checkpoints.at_rest import verify_sealed_archive
 from activities.checkpoints.compat import checkpoint_compatibility
 from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
@@ -45,6 +46,7 @@ ENVIRONMENT_ACTIVITIES = [
     train_seeded,
     archive_workload,
     verify_archive,
+    verify_sealed_archive,
     release_source,
     run_job,
     record_code_root,

@@ -229,6 +229,16 @@ class Dataset(_Model):
     path: RelativePath
 
 
+class CheckpointEncryption(KeyRef):
+    """A checkpoint's key reference, and whether the target keeps it sealed at rest."""
+
+    at_rest: Literal["plaintext", "sealed"] = Field(
+        "plaintext",
+        description="`sealed`: the target store keeps only the sealed repository; whatever loads it on the target "
+        "decrypts into the worker's local scratch (deleted after use). `plaintext`: decrypted into the target store",
+    )
+
+
 class Checkpoint(_Model):
     name: str = Field(pattern=_NAME)
     path: RelativePath
@@ -236,7 +246,7 @@ class Checkpoint(_Model):
     parameters_billion: float | None = Field(
         None, gt=0, le=100_000, description="Model size, if known; else read from files (at most 100 trillion)"
     )
-    encryption: KeyRef | None = Field(
+    encryption: CheckpointEncryption | None = Field(
         None,
         description="Move it sealed under keys you control: chunks AEAD-sealed at the source, integrity checked and "
         "decrypted only by the target's worker (a KMS key id or file:///key; never key material)",

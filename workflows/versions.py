@@ -37,6 +37,7 @@ FAILBACK_WINDOW = "2026-12-failback-window"
 MONITORED_SOAK = "2026-12-monitored-soak"
 HANDOFF_ARM = "2026-12-handoff-arm"
 CONTINUOUS_SYNC = "2026-12-continuous-sync"
+SEALED_AT_REST = "2026-12-sealed-at-rest"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -62,4 +63,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch(CONTINUOUS_SYNC, "2026-12-03",
           "a plan with `sync: {every}` delta-syncs its datasets to the target on that schedule from the POC to the "
           "final sync (a loop beside the phases, stopped and waited for before the final sync and before any undo)"),
+    Patch(SEALED_AT_REST, "2026-12-03",
+          "a checkpoint with `encryption.at_rest: sealed` is not opened into the target store: the compatibility "
+          "check and the archive verification decrypt it into the target worker's scratch"),
 )  # fmt: skip

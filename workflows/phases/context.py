@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         MigrationState,
         RollbackInput,
     )
+    from workflows.versions import SEALED_AT_REST
 
 QUICK = timedelta(minutes=5)
 LONG = timedelta(hours=12)
@@ -73,6 +74,11 @@ class MigrationContext:
 
     def encrypted(self) -> list[Checkpoint]:
         return [c for c in self.plan.workloads.checkpoints if c.encryption is not None]
+
+    def sealed_at_rest(self, checkpoint: Checkpoint) -> bool:
+        """Kept sealed in the target store (plan `encryption.at_rest: sealed`); asked only of such plans."""
+        encryption = checkpoint.encryption
+        return encryption is not None and encryption.at_rest == "sealed" and workflow.patched(SEALED_AT_REST)
 
     def plain_workloads(self) -> list[tuple[str, str]]:
         """What the delta engine copies as is: everything but checkpoints moved sealed."""
