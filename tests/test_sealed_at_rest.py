@@ -81,3 +81,34 @@ async def test_a_checkpoint_kept_sealed_at_rest_is_never_plaintext_in_the_target
     assert CHECKPOINT not in target_keys and any(k.startswith("checkpoints/model/sealed/chunks/") for k in target_keys)
     assert final.decommission.verified_objects == final.decommission.archived_objects > 0
     assert not (tmp_path / "dst" / CHECKPOINT).exists()
+
+
+def test_an_endpoint_serves_a_checkpoint_kept_sealed_decrypting_only_into_its_scratch(tmp_path, monkeypatch):
+    import io
+    import tempfile
+
+    import torch
+
+    from activities.checkpoints.sealed import SealInput, seal
+    from activities.stores import StoreSpec
+    from workers.endpoint import INPUTS, load_model, tiny_model
+
+    buffer = io.BytesIO()
+    torch.save(tiny_model(seed=3).state_dict(), buffer)
+    source, target = (tmp_path / "src").as_uri(), (tmp_path / "dst").as_uri()
+    key = "checkpoints/tiny-mlp/model.pt"
+    open_store(source).put_bytes(key, buffer.getvalue())
+    seal(SealInput(name="tiny-mlp", source=StoreSpec(url=source), source_path="checkpoints/tiny-mlp",
+                   target=StoreSpec(url=target), target_path="checkpoints/tiny-mlp",
+                   key=create_key_file(tmp_path / "ckpt.key")))  # fmt: skip
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    served = load_model(target, key)
+
+    sample = torch.randn(4, INPUTS, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(served(sample), load_model(source, key)(sample)), "the target serves the same weights"
+    assert not open_store(target).exists(key) and plaintext_objects(target, windows(buffer.getvalue())) == []
+    assert list(scratch.iterdir()) == [], "the decrypted copy is deleted once loaded"
