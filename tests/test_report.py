@@ -23,6 +23,7 @@ from starters.report import write_report
 from starters.report.history import Recorded, read_runs
 from starters.report.html import usd
 from starters.report.model import Report
+from tests.test_replay import workflow_type
 from workflows.state import MigrationState
 
 HISTORIES = {p.stem.split("@")[0]: p for p in sorted((Path(__file__).parent / "histories").glob("*.json"))}
@@ -34,6 +35,8 @@ def reports(tmp_path_factory) -> dict[str, tuple[Recorded, MigrationState, Repor
     """Every recorded run that ended with a state, reported once: (record, state, report.json parsed, report.html)."""
     built = {}
     for scenario, path in HISTORIES.items():
+        if workflow_type(json.loads(path.read_text())) != "MigrationWorkflow":
+            continue  # a DatasetSyncWorkflow's history (sync_v1*): no migration to report
         history = WorkflowHistory.from_json(path.stem.split("@")[1], path.read_text())
         recorded = asyncio.run(read_runs([history], pydantic_data_converter))
         if recorded.state is None:
@@ -52,6 +55,8 @@ def test_report_figures_are_the_states_own(reports, scenario):
     _, state, report, _ = reports[scenario]
     figures, comparison, job = report.state, state.poc.comparison, state.poc.job_bench
     assert (figures.egress_bytes, figures.egress_cost_usd) == (state.egress_bytes, state.egress_cost_usd)
+    assert figures.data_transfer_amplification == state.data_transfer_amplification()
+    assert (figures.continuous_passes, figures.continuous_bytes) == (state.sync.passes_run, state.sync.bytes_sent)
     assert (figures.outcome, figures.outcome_reason, figures.traffic_percent) == (
         state.outcome, state.outcome_reason, state.traffic_percent,
     )  # fmt: skip
