@@ -27,6 +27,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from skyshift import metrics
     from workflows.phases.context import MigrationContext
     from workflows.phases.transfers import copy_workload, together
     from workflows.state import SyncPass
@@ -117,5 +118,6 @@ async def run_pass(ctx: MigrationContext) -> bool:
     sync.bytes_sent += record.bytes_sent
     sync.objects += record.objects
     sync.passes = [*sync.passes, record][-spec.keep :]
+    metrics.sync_pass(record.outcome, record.bytes_sent)
     ctx.show_details()
     return record.outcome != "cancelled"
