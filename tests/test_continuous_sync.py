@@ -24,7 +24,7 @@ from tests.conftest import running_workers, temporal_cli
 from tests.helpers import approve_gates, plan_data, suffix, wait_for
 from workflows.migration import MigrationWorkflow
 from workflows.plan import parse_plan
-from workflows.state import SEARCH_ATTRIBUTES, RollbackInput
+from workflows.state import SEARCH_ATTRIBUTES, OperatorInput, RollbackInput
 
 pytestmark = pytest.mark.stack
 
@@ -78,7 +78,11 @@ async def test_a_dataset_changing_during_the_cutover_stays_current_and_the_final
             changes = [(f"{CORPUS}/part-new.bin", os.urandom(30_000)), (f"{CORPUS}/part-000.bin", os.urandom(25_000))]
             for number, (key, data) in enumerate(changes, start=1):
                 source.put_bytes(key, data)
+                if number == 1:  # paused when the pass falls due: it waits for the resume
+                    await handle.signal(MigrationWorkflow.pause, OperatorInput(by="tester", note="hold"))
                 await env.fast_forward(handle, timedelta(hours=6))
+                if number == 1:
+                    await handle.signal(MigrationWorkflow.resume, OperatorInput(by="tester"))
                 state = await wait_for(handle, lambda s, n=number: len(s.sync.passes) >= n, timeout=90,
                                        what=f"continuous pass {number}")  # fmt: skip
                 done = state.sync.passes[number - 1]
@@ -86,6 +90,9 @@ async def test_a_dataset_changing_during_the_cutover_stays_current_and_the_final
                 assert done.objects == 1, "the pass after a change carries only that change"
                 assert len(data) <= done.bytes_sent < len(data) + 8_000, done
                 assert target.read_bytes(key) == data, "the target is current after the pass"
+                if number == 1:
+                    resumed = next(e.at for e in state.audit if e.action == "resumed")
+                    assert done.at >= resumed, "a paused migration moves no data: the due pass ran after the resume"
 
             last_key, last_data = f"{CORPUS}/part-last.bin", os.urandom(12_000)
             source.put_bytes(last_key, last_data)

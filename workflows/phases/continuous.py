@@ -82,11 +82,12 @@ async def loop(ctx: MigrationContext) -> None:
     assert spec is not None and sync.next_due is not None
     while True:
         wait = sync.next_due - workflow.now()
-        if wait > timedelta(0):
-            try:
+        try:
+            if wait > timedelta(0):
                 await workflow.sleep(wait, summary=f"continuous sync: pass {sync.passes_run + 1} due")
-            except asyncio.CancelledError:
-                return
+            await workflow.wait_condition(lambda: not ctx.state.paused)  # a paused migration moves no data
+        except asyncio.CancelledError:
+            return
         started = workflow.now()
         if not await run_pass(ctx):
             return
