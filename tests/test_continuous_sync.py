@@ -1,7 +1,8 @@
 """Continuous sync: the target's datasets kept current from the POC to the final sync (plan `sync:`).
 
 A 6-hour interval is driven with the dev server's per-workflow time skipping (fast-forward), the
-passes themselves run in real time on loopback stores. A rollback mid-pass is made observable by a
+passes themselves run in real time on loopback stores; a low `suggestContinueAsNew` threshold makes
+the cutover continue as new, so the loop is seen resuming from its state in the next run. A rollback mid-pass is made observable by a
 paced link (bench/faultproxy.py) in front of moto's S3: the pass is still copying when it is asked.
 """
 
@@ -152,3 +153,45 @@ async def test_a_rollback_during_a_pass_waits_for_it_and_undoes_it(client, s3_en
     assert child.close_time <= stopped, "the pass's sync had finished stopping before the undo began"
     left = [info.key for info in open_store(target_url).list(CORPUS)]
     assert left == [], f"the undo removed what the passes wrote, the cancelled one's too: {left}"
+
+
+async def test_the_loop_survives_continue_as_new_with_its_pass_count_and_due_time(tmp_path):
+    # A low suggestion threshold makes the cutover continue as new after its first stage's timer.
+    env = await WorkflowEnvironment.start_time_skipping_v2(
+        dev_server_existing_path=temporal_cli(),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true",
+                               "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"],
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        ts_config=TimeSkippingConfig(enabled=False),
+    )  # fmt: skip
+    source_url, target_url = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
+    seed_corpus(source_url)
+    source, target = open_store(source_url), open_store(target_url)
+    plan = parse_plan(plan_data(
+        suffix(), source_url, target_url,
+        workloads={"datasets": [{"name": "corpus", "path": CORPUS}], "checkpoints": []},
+        cutover={"stages": [{"percent": 50, "duration": "1h"}, {"percent": 100, "approval": True}]},
+        decommission={"failback_window": "0s"},
+        sync={"every": "6h"},
+    ))  # fmt: skip
+    try:
+        async with running_workers(env.client, plan.source, plan.target):
+            handle = await start_migration(env.client, plan)
+            first = await approve_gates(handle, lambda s: s.phase == "cutover" and s.stage == "50pct")
+            first_run = (await handle.describe()).run_id
+            due = first.sync.next_due
+            await env.fast_forward(handle, timedelta(hours=1))  # the stage's timer, then continue-as-new
+            state = await wait_for(handle, at_cutover_gate, timeout=90, what="the 100% gate in the next run")
+            assert (await handle.describe()).run_id != first_run, "the workflow continued as new"
+            assert state.sync.next_due == due and state.sync.passes_run == 0 and state.sync.stopped_at is None
+            key, data = f"{CORPUS}/part-new.bin", os.urandom(30_000)
+            source.put_bytes(key, data)
+            await env.fast_forward(handle, timedelta(hours=6))
+            state = await wait_for(handle, lambda s: len(s.sync.passes) >= 1, timeout=90, what="a pass in the new run")
+            assert state.sync.passes[0].changed == [key] and target.read_bytes(key) == data
+            final = await approve_gates(handle, lambda s: s.outcome is not None)
+    finally:
+        await env.shutdown()
+    assert final.outcome == "completed", final.outcome_reason
+    assert final.sync.passes_run == 1 and final.sync.stopped_for == "final sync"
