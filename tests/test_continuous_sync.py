@@ -2,8 +2,9 @@
 
 A 6-hour interval is driven with the dev server's per-workflow time skipping (fast-forward), the
 passes themselves run in real time on loopback stores; a low `suggestContinueAsNew` threshold makes
-the cutover continue as new, so the loop is seen resuming from its state in the next run. A rollback mid-pass is made observable by a
-paced link (bench/faultproxy.py) in front of moto's S3: the pass is still copying when it is asked.
+the cutover continue as new, so the loop is seen resuming from its state in the next run. A
+rollback mid-pass is made observable by a paced link (bench/faultproxy.py) in front of moto's S3:
+the pass is still copying when it is asked.
 """
 
 from __future__ import annotations
