@@ -26,6 +26,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "skyshift_objects_verified": ("1", "Objects whose BLAKE3 root was checked after writing or archiving"),
     "skyshift_verdicts": ("1", "Verdicts recorded, by outcome (pass/fail/inconclusive/error) and subject kind"),
     "skyshift_rollbacks": ("1", "Rollbacks started, by what triggered them (operator, analysis, deadline, ...)"),
+    "skyshift_sync_passes": ("1", "Continuous-sync passes (plan sync:), by outcome (done, failed, cancelled)"),
+    "skyshift_sync_pass_bytes": ("By", "Bytes sent to the target by continuous-sync passes (plan sync:)"),
 }
 
 
@@ -62,6 +64,12 @@ def objects_verified(n: int) -> None:
 def verdict(outcome: str, *, subject: str = "") -> None:
     """One verdict; `subject` like `cutover:25pct` is labelled by its kind (`cutover`) to bound cardinality."""
     _add("skyshift_verdicts", 1, outcome=outcome, subject=subject.split(":", 1)[0])
+
+
+def sync_pass(outcome: str, bytes_sent: int) -> None:
+    """One continuous-sync pass: its rate and bytes show how current the target is kept and what it costs."""
+    _add("skyshift_sync_passes", 1, outcome=outcome)
+    _add("skyshift_sync_pass_bytes", bytes_sent)
 
 
 def rollback(trigger: str) -> None:

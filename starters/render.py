@@ -87,6 +87,7 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
         )
         last = windows[-1]
         lines.append(f"            last ({last.subject}): {last.outcome}: {last.summary}")
+    lines += _continuous_lines(state)
     d = state.decommission
     for t in d.final_sync:
         lines.append(f"  final:    {transfer_line(t)}")
@@ -98,6 +99,9 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
         )
     lines += _failback_lines(state)
     lines.append(f"  egress:   {gb(state.egress_bytes)}, ${state.egress_cost_usd:.4f}")
+    if (amplification := state.data_transfer_amplification()) is not None:
+        lines.append(f"  moved:    data_transfer_amplification {amplification:.3f}x (bytes moved over the migration "
+                     f"÷ the {gb(state.assessment.total_bytes)} the assessment counted)")  # fmt: skip
     if state.saga.completed:
         lines.append("  undone:   " + "; ".join(state.saga.completed))
     if ui_url:
@@ -121,6 +125,21 @@ def _failback_lines(state: MigrationState) -> list[str]:
         lines.append(f"            reverse sync: {fb.passes_run} passes, {gb(fb.reverse_bytes)} back to the source; "
                      f"last {last.at:%H:%M:%S} ({last.objects} objects, {last.seconds:.1f}s)")  # fmt: skip
     lines += [f"            drill: {d.outcome}: {d.summary}" for d in fb.drills[-3:]]
+    return lines
+
+
+def _continuous_lines(state: MigrationState) -> list[str]:
+    sync = state.sync
+    if sync.started_at is None:
+        return []
+    when = (f"stopped for the {sync.stopped_for} at {sync.stopped_at:%Y-%m-%d %H:%M} UTC" if sync.stopped_at
+            else f"next pass due {sync.next_due:%Y-%m-%d %H:%M:%S} UTC")  # fmt: skip
+    lines = [f"  current:  continuous sync: {sync.passes_run} passes, {sync.objects} objects, {gb(sync.bytes_sent)}; "
+             f"{when}"]  # fmt: skip
+    if sync.passes:
+        last = sync.passes[-1]
+        lines.append(f"            last pass {last.number} at {last.at:%H:%M:%S}: {last.outcome}, {last.objects} "
+                     f"objects, {gb(last.bytes_sent)}, lag {last.lag_s:.1f}s")  # fmt: skip
     return lines
 
 

@@ -73,6 +73,12 @@ INVALID = [
     ("missing budget", lambda d: d.pop("egress_budget_usd"), "egress_budget_usd: Field required"),
     ("endpoints without router", lambda d: d["workloads"].pop("router"), "workloads: router:"),
     ("bad endpoint url", lambda d: d["workloads"]["endpoints"][0].update(target_url="chat:8000"), "workloads.endpoints[0].target_url"),
+    ("sync without interval", lambda d: d.update(sync={}), "sync.every: Field required"),
+    ("sync every 0s", lambda d: d.update(sync={"every": "0s"}), "sync.every: must be at least 1 s"),
+    ("sync every 8 days", lambda d: d.update(sync={"every": "8d"}), "sync.every: must be at most 7 days"),
+    ("sync with no datasets", lambda d: (d.update(sync={"every": "6h"}), d["workloads"].update(datasets=[], jobs=[]),
+                                        d["bench"].pop("job")),
+     "sync: the plan has no workloads.datasets to keep current"),
 ]  # fmt: skip
 
 

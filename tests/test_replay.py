@@ -58,5 +58,8 @@ def test_histories_cover_completion_rollback_every_exit_and_0_1_syncs():
         "failback_window_soak",  # monitored soak, failback window: reverse passes, a drill, a failback
         "handoff_ok",  # a resumable job's handoff arm: SIGTERM, checkpoint synced, resumed, continuity passes
         "handoff_dataloader",  # the target resumes with its dataloader restarted: the handoff arm fails, rolls back
+        "continuous_sync",  # sync every 6h (fast-forwarded) in the cutover, stopped before the final sync
+        "sealed_at_rest",  # encryption.at_rest: sealed: never opened into the target store, checked in scratch
+        "continuous_sync_rollback",  # a rollback mid-pass: the pass is stopped and waited for, then compensated
     }
     assert scenarios["sync_v1"] == scenarios["sync_v1_continue_as_new"] == "DatasetSyncWorkflow"

@@ -52,6 +52,8 @@ def test_report_figures_are_the_states_own(reports, scenario):
     _, state, report, _ = reports[scenario]
     figures, comparison, job = report.state, state.poc.comparison, state.poc.job_bench
     assert (figures.egress_bytes, figures.egress_cost_usd) == (state.egress_bytes, state.egress_cost_usd)
+    assert figures.data_transfer_amplification == state.data_transfer_amplification()
+    assert (figures.continuous_passes, figures.continuous_bytes) == (state.sync.passes_run, state.sync.bytes_sent)
     assert (figures.outcome, figures.outcome_reason, figures.traffic_percent) == (
         state.outcome, state.outcome_reason, state.traffic_percent,
     )  # fmt: skip

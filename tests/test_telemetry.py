@@ -271,7 +271,7 @@ async def test_worker_exports_spans_over_otlp_and_serves_metrics(client, tmp_pat
 def test_metrics_table_names_every_counter():
     assert set(metrics.METRICS) == {
         "skyshift_bytes_sent", "skyshift_chunks_reused", "skyshift_objects_verified", "skyshift_verdicts",
-        "skyshift_rollbacks",
+        "skyshift_rollbacks", "skyshift_sync_passes", "skyshift_sync_pass_bytes",
     }  # fmt: skip
     dashboard = json.loads((Path(__file__).parent.parent / "deploy" / "grafana" / "skyshift-workers.json").read_text())
     queried = json.dumps(dashboard)

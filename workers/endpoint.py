@@ -53,9 +53,29 @@ def load_model(store_url: str | None, key: str | None, perturb: float = 0.0, dty
                seed: int = 0) -> torch.nn.Module:  # fmt: skip
     model = tiny_model()
     if store_url and key:
-        state = load_tensors_from_bytes(open_store(store_url).read_bytes(key), f"{store_url}/{key}")
+        state = load_tensors_from_bytes(checkpoint_bytes(store_url, key), f"{store_url}/{key}")
         model.load_state_dict(state)
     return drift(model, perturb, dtype, seed).eval()
+
+
+def checkpoint_bytes(store_url: str, key: str) -> bytes:
+    """The checkpoint's bytes; one kept sealed at rest (plan `encryption.at_rest: sealed`) is decrypted into
+    this process's scratch (deleted at once) with the key its repository names: never into the store."""
+    from activities.checkpoints.at_rest import decrypted
+    from activities.checkpoints.sealed import SEALED_DIR
+    from activities.stores import StoreSpec, join_key
+
+    store = open_store(store_url)
+    if store.exists(key):
+        return store.read_bytes(key)
+    for path in (key, key.rpartition("/")[0]):  # sealed as a single file, or its directory
+        if path and store.exists(join_key(path, SEALED_DIR, "config.json")):
+            with decrypted(StoreSpec(url=store_url), path) as (local, files):
+                relative = key[len(path) + 1 :] if key != path else local.name
+                if relative not in files and local.name != relative:
+                    raise FileNotFoundError(f"{store_url}/{key}: not in the sealed repository at {path}")
+                return (local if local.is_file() else local / relative).read_bytes()
+    return store.read_bytes(key)  # the store's own error names what is missing
 
 
 def drift(model: torch.nn.Module, perturb: float = 0.0, dtype: str = "float32", seed: int = 0) -> torch.nn.Module:

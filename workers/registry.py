@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from activities.assess import inventory_storage, project_assessment
+from activities.checkpoints.at_rest import verify_sealed_archive
 from activities.checkpoints.compat import checkpoint_compatibility
 from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
@@ -46,6 +47,7 @@ ENVIRONMENT_ACTIVITIES = [
     train_seeded,
     archive_workload,
     verify_archive,
+    verify_sealed_archive,
     release_source,
     run_job,
     record_code_root,

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.traffic import route_traffic
+    from workflows.phases import continuous
     from workflows.phases.assess import assess
     from workflows.phases.context import MigrationContext, RollbackRequested, StopMigration
     from workflows.phases.cutover import cutover
@@ -114,6 +115,7 @@ class MigrationWorkflow:
             for phase, work, applies in self.lifecycle():
                 if phase in self.state.completed_phases or not applies(ctx):
                     continue
+                continuous.start(ctx)  # once the POC is done, and again after continue-as-new
                 ctx.set_phase(phase)
                 await ctx.checkpoint()
                 await self._interruptible(work(ctx), phase)
@@ -321,12 +323,17 @@ class MigrationWorkflow:
         self.state.ended_in = self.state.phase
         self.ctx.set_phase("rolling_back")
         self.state.pending_gate = None
-        await asyncio.shield(asyncio.ensure_future(self.state.saga.compensate(self._compensated)))
+        await asyncio.shield(asyncio.ensure_future(self._stop_then_compensate()))
         for failure in self.state.saga.failed:
             self.ctx.audit("skyshift", "compensation_failed", f"{failure.summary}: {failure.error}")
         if self.state.saga.failed:
             reason += f"; {len(self.state.saga.failed)} compensations failed and need an operator (see audit)"
         self._finish(outcome, reason)
+
+    async def _stop_then_compensate(self) -> None:
+        """A continuous-sync pass in flight is stopped and waited for first: no writer races the undo."""
+        await continuous.stop(self.ctx, "undo")
+        await self.state.saga.compensate(self._compensated)
 
     def _compensated(self, step: Compensation) -> None:
         if step.activity == undo_name(route_traffic):

@@ -233,6 +233,16 @@ class Dataset(_Model):
     path: RelativePath
 
 
+class CheckpointEncryption(KeyRef):
+    """A checkpoint's key reference, and whether the target keeps it sealed at rest."""
+
+    at_rest: Literal["plaintext", "sealed"] = Field(
+        "plaintext",
+        description="`sealed`: the target store keeps only the sealed repository; whatever loads it on the target "
+        "decrypts into the worker's local scratch (deleted after use). `plaintext`: decrypted into the target store",
+    )
+
+
 class Checkpoint(_Model):
     name: str = Field(pattern=_NAME)
     path: RelativePath
@@ -240,7 +250,7 @@ class Checkpoint(_Model):
     parameters_billion: float | None = Field(
         None, gt=0, le=100_000, description="Model size, if known; else read from files (at most 100 trillion)"
     )
-    encryption: KeyRef | None = Field(
+    encryption: CheckpointEncryption | None = Field(
         None,
         description="Move it sealed under keys you control: chunks AEAD-sealed at the source, integrity checked and "
         "decrypted only by the target's worker (a KMS key id or file:///key; never key material)",
@@ -465,6 +475,21 @@ class DecommissionSpec(_Model):
     )
 
 
+#: Continuous sync passes: at least a second apart (tests, demos), at most a week (a target a week stale
+#: is what the final sync alone would give).
+SyncInterval = duration_between(timedelta(seconds=1), timedelta(days=7))
+
+
+class ContinuousSyncSpec(_Model):
+    """Plan `sync:`: keep the target's datasets current from the POC to the final sync (off when absent)."""
+
+    every: SyncInterval = Field(
+        description="How often the datasets are delta-synced to the target between the POC and the final sync, "
+        "e.g. 6h; 1 s to 7 days"
+    )
+    keep: int = Field(20, ge=1, le=500, description="Passes kept in state (newest); the counts cover all of them")
+
+
 class MigrationPlan(_Model):
     name: str = Field(pattern=_NAME)
     source: str = Field(description="Name of the environment migrated from")
@@ -480,6 +505,11 @@ class MigrationPlan(_Model):
         ge=0, le=1e9, description="Projected egress above this needs an operator's approval; at most 1e9 USD"
     )
     soak_period: Duration = Field(timedelta(days=7), description="Wait at 100% before decommissioning")
+    sync: ContinuousSyncSpec | None = Field(
+        None,
+        description="Continuous delta sync of the datasets while the parallel run, shadow, cutover and soak "
+        "go on, so the final sync is small (off when absent)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MigrationPlan:
@@ -501,6 +531,8 @@ class MigrationPlan(_Model):
             for unknown in [f for f in job.fallback if f not in names]:
                 raise FieldError(("workloads", "jobs", index, "fallback"),
                                  f"'{unknown}' is not one of the environments ({', '.join(names)})")  # fmt: skip
+        if self.sync is not None and not self.workloads.datasets:
+            raise FieldError(("sync",), "the plan has no workloads.datasets to keep current: remove `sync:` or add one")
         if (why := overlap(self.source_env.storage, self.target_env.storage, resolve=False)) is not None:
             raise FieldError(("environments",), f"the source and target storage overlap ({why})")
         moved = [(d.name, d.path) for d in self.workloads.datasets] + [

@@ -134,6 +134,34 @@ class ReversePass(BaseModel):
     rpo_s: float = Field(0, description="Age of the newest target data not yet at the source when the pass ended")
 
 
+class SyncPass(BaseModel):
+    """One pass of the continuous sync (source → target) between the POC and the final sync."""
+
+    number: int
+    at: datetime = Field(description="When the pass started: the target holds the source as of then")
+    bytes_sent: int = 0
+    objects: int = Field(0, description="Objects written at the target (new or changed at the source)")
+    seconds: float = 0
+    lag_s: float = Field(0, description="How far the target trailed the source when the pass ended (its duration)")
+    outcome: Literal["done", "failed", "cancelled"] = "done"
+    detail: str = ""
+    changed: list[str] = Field(default_factory=list, description="Keys written (first few)")
+
+
+class ContinuousSyncState(BaseModel):
+    """Plan `sync:`: a durable loop carried across continue-as-new by its pass count and next due time."""
+
+    started_at: datetime | None = None
+    next_due: datetime | None = None
+    passes_run: int = 0
+    passes: list[SyncPass] = Field(default_factory=list, description="Newest `sync.keep` passes")
+    bytes_sent: int = Field(0, description="Over every pass")
+    objects: int = Field(0, description="Over every pass")
+    in_pass: bool = False
+    stopped_at: datetime | None = None
+    stopped_for: str | None = Field(None, description="Why it stopped: the final sync, or an undo")
+
+
 class FailbackState(BaseModel):
     opened_at: datetime | None = None
     closes_at: datetime | None = Field(None, description="When the way back closes and the source may be released")
@@ -169,6 +197,7 @@ class MigrationState(BaseModel):
     cutover: CutoverProgress = Field(default_factory=CutoverProgress)
     decommission: DecommissionResult = Field(default_factory=DecommissionResult)
     failback: FailbackState = Field(default_factory=FailbackState)
+    sync: ContinuousSyncState = Field(default_factory=ContinuousSyncState)
     verdicts: list[Verdict] = Field(default_factory=list)
     egress_bytes: int = 0
     egress_cost_usd: float = 0
@@ -182,6 +211,12 @@ class MigrationState(BaseModel):
     def in_failback_window(self) -> bool:
         """Done in an operator's sense: completed, with the way back still open (`skyshift failback`)."""
         return self.phase == "failback" and self.outcome is None
+
+    def data_transfer_amplification(self) -> float | None:
+        """Bytes moved over the migration ÷ the dataset bytes the assessment counted (None before it)."""
+        if self.assessment is None or self.assessment.total_bytes <= 0:
+            return None
+        return self.egress_bytes / self.assessment.total_bytes
 
 
 class MigrationInput(BaseModel):

@@ -38,6 +38,8 @@ MONITORED_SOAK = "2026-12-monitored-soak"
 HANDOFF_ARM = "2026-12-handoff-arm"
 STAGE_VERDICTS = "2026-12-stage-verdicts"
 INTERLEAVED_TRIALS = "2026-12-interleaved-trials"
+CONTINUOUS_SYNC = "2026-12-continuous-sync"
+SEALED_AT_REST = "2026-12-sealed-at-rest"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -66,4 +68,10 @@ PATCHES: tuple[Patch, ...] = (
     Patch(INTERLEAVED_TRIALS, "2026-12-03",
           "parallel run: arms interleaved (source, target, source again) and further runs a side up to "
           "parallel_run.throughput_trials, so throughput is judged from trials, never one run"),
+    Patch(CONTINUOUS_SYNC, "2026-12-03",
+          "a plan with `sync: {every}` delta-syncs its datasets to the target on that schedule from the POC to the "
+          "final sync (a loop beside the phases, stopped and waited for before the final sync and before any undo)"),
+    Patch(SEALED_AT_REST, "2026-12-03",
+          "a checkpoint with `encryption.at_rest: sealed` is not opened into the target store: the compatibility "
+          "check and the archive verification decrypt it into the target worker's scratch"),
 )  # fmt: skip

@@ -25,6 +25,7 @@ from activities.checkpoints.fetch import fetch_checkpoint, local_location
 from activities.checkpoints.inspect import Heartbeat, inspect_path, worker_environment
 from activities.checkpoints.layout import resolve
 from activities.checkpoints.models import CheckpointInspection, DeviceFacts, WorkerEnvironment
+from activities.checkpoints.sealed import SealedError
 from activities.errors import fail_fast_on_permanent_errors
 from activities.stores import StoreSpec, open_store
 
@@ -67,6 +68,9 @@ class CompatibilityInput(BaseModel):
     target_gpu_count: int = 0
     target_world_size: int | None = Field(None, description="Ranks that will load it (default: GPU count, >= 1)")
     load_check: bool = Field(True, description="Load it for real with torch on this worker")
+    sealed: bool = Field(
+        False, description="Kept sealed at rest (`path/sealed/`): decrypted only into this worker's scratch"
+    )
 
 
 class MemoryFit(BaseModel):
@@ -413,13 +417,18 @@ def check_compatibility(request: CompatibilityInput, scratch: Path) -> Compatibi
         target_world_size=world,
     )
     try:
-        local = fetch_checkpoint(store, request.path, scratch / "copy", Heartbeat(f"fetch {request.name}"))
+        if request.sealed:
+            from activities.checkpoints.at_rest import decrypt_to
+
+            local, _ = decrypt_to(request.store, request.path, scratch / "sealed")
+        else:
+            local = fetch_checkpoint(store, request.path, scratch / "copy", Heartbeat(f"fetch {request.name}"))
         spec, path = local_location(local)
         source = open_store(spec)
         target = inspect_path(
             source, path, progress=Heartbeat(f"compatibility {request.name}"), environment=environment, limit=None
         )
-    except CheckpointError as error:
+    except (CheckpointError, SealedError) as error:
         check = Check(metric="safety", outcome="fail", detail=f"the target copy cannot be read safely: {error}")
         return CompatibilityReport(
             **base, blockers=[check.detail], verdict=verdict(f"checkpoint {request.name}", [check])

@@ -171,6 +171,12 @@ class StateFigures(BaseModel):
     job_source_cost_per_epoch_usd: float | None = None
     job_target_cost_per_epoch_usd: float | None = None
     job_throughput_ratio: float | None = None
+    data_transfer_amplification: float | None = Field(
+        None, description="Bytes moved over the migration ÷ the bytes the assessment counted (1.0: each byte once)"
+    )
+    continuous_passes: int = 0
+    continuous_bytes: int = 0
+    final_sync_bytes: int = 0
 
 
 class Report(BaseModel):

@@ -9,6 +9,7 @@ new plumbing in the workflow class.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         MigrationState,
         RollbackInput,
     )
+    from workflows.versions import SEALED_AT_REST
 
 QUICK = timedelta(minutes=5)
 LONG = timedelta(hours=12)
@@ -56,6 +58,8 @@ class MigrationContext:
     def __init__(self, plan: MigrationPlan, state: MigrationState) -> None:
         self.plan = plan
         self.state = state
+        #: The continuous sync's loop (workflows/phases/continuous.py), while it runs in this run.
+        self.sync_task: asyncio.Task[None] | None = None
 
     # -- what the plan moves --------------------------------------------------------------------
 
@@ -70,6 +74,11 @@ class MigrationContext:
 
     def encrypted(self) -> list[Checkpoint]:
         return [c for c in self.plan.workloads.checkpoints if c.encryption is not None]
+
+    def sealed_at_rest(self, checkpoint: Checkpoint) -> bool:
+        """Kept sealed in the target store (plan `encryption.at_rest: sealed`); asked only of such plans."""
+        encryption = checkpoint.encryption
+        return encryption is not None and encryption.at_rest == "sealed" and workflow.patched(SEALED_AT_REST)
 
     def plain_workloads(self) -> list[tuple[str, str]]:
         """What the delta engine copies as is: everything but checkpoints moved sealed."""
@@ -156,6 +165,9 @@ class MigrationContext:
             self.audit("skyshift", "compensation_registered", announce)
 
     def continue_as_new_if_suggested(self) -> None:
+        """Not while a continuous-sync pass is in flight: its children would be left without a parent."""
+        if self.state.sync.in_pass:
+            return
         if workflow.info().is_continue_as_new_suggested() and workflow.all_handlers_finished():
             workflow.continue_as_new(MigrationInput(plan=self.plan, resume=self.state))
 

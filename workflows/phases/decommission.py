@@ -14,7 +14,9 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.checkpoints.at_rest import verify_sealed_archive
     from activities.transfer.archive import ArchiveInput, archive_workload, release_source, verify_archive
+    from workflows.phases import continuous
     from workflows.phases.context import MigrationContext
     from workflows.phases.cutover import StagedCutover
     from workflows.phases.transfers import copy_workloads, move_sealed
@@ -41,14 +43,19 @@ async def decommission(ctx: MigrationContext) -> None:
         "if the plan has one): the last steps cannot be undone",
     )
     result = ctx.state.decommission
+    await continuous.stop(ctx, "final sync")  # a pass in flight is cancelled and waited for; the final sync redoes it
     result.final_sync = await copy_workloads(ctx, "final")
     for checkpoint in ctx.encrypted():
         await move_sealed(ctx, checkpoint)  # incremental: only chunks the sealed copy lacks are sent
+    sealed = {c.name for c in ctx.encrypted() if ctx.sealed_at_rest(c)}
     for name, path in ctx.workloads():
         request = archive_input(ctx, name, path)
         archived = await ctx.on(plan.source_env, archive_workload, request, f"archive {name}")
         result.archived_objects += archived.objects
-        verified = await ctx.on(plan.target_env, verify_archive, request, f"verify {name} at target")
+        if name in sealed:  # kept sealed at rest: checked decrypted in the target worker's scratch
+            verified = await ctx.on(plan.target_env, verify_sealed_archive, request, f"verify sealed {name} at target")
+        else:
+            verified = await ctx.on(plan.target_env, verify_archive, request, f"verify {name} at target")
         result.verified_objects += verified.objects_verified
     if workflow.patched(FAILBACK_WINDOW) and plan.decommission.failback_window > timedelta(0):
         fb = ctx.state.failback

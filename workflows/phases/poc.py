@@ -77,6 +77,7 @@ async def checkpoint_reports(ctx: MigrationContext) -> None:
                 name=checkpoint.name, store=target.storage, path=checkpoint.path, source=inspection,
                 environment=target.name, target_gpu_type=target.compute.gpu_type,
                 target_gpu_count=target.compute.gpu_count, target_world_size=checkpoint.world_size,
+                sealed=ctx.sealed_at_rest(checkpoint),
             ),
             f"does {checkpoint.name} load on {target.name}?",
         )  # fmt: skip

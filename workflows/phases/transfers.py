@@ -100,6 +100,9 @@ async def move_sealed(ctx: MigrationContext, checkpoint: Checkpoint) -> SealResu
         f"seal {checkpoint.name} at {source.name} and send the chunks the target lacks",
     )  # fmt: skip
     ctx.meter_egress(sealed.bytes_sent, sealed.bytes_sent / 1e9 * source.egress_per_gb_usd)
+    if ctx.sealed_at_rest(checkpoint):
+        ctx.show_details()
+        return sealed  # ciphertext at rest: only the target's worker decrypts it, into its scratch, when it loads it
     opened = await ctx.on(
         target, open_sealed,
         OpenSealedInput(name=checkpoint.name, store=target.storage, sealed_path=checkpoint.path,
