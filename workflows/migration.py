@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, CancelledError, FailureError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.traffic import route_traffic
+    from workflows.failures import failure_reason, was_cancelled
     from workflows.phases import continuous
     from workflows.phases.assess import assess
     from workflows.phases.context import MigrationContext, RollbackRequested, StopMigration
@@ -52,26 +53,6 @@ class Phase(NamedTuple):
     #: Asked when the phase's turn comes: a phase with nothing to do is not entered at all (no phase
     #: change in history or the UI).
     applies: Callable[[MigrationContext], bool] = lambda ctx: True
-
-
-def failure_reason(error: BaseException) -> str:
-    """The innermost message of a chain of Temporal failures (activity → application error → ...)."""
-    messages = []
-    while error is not None:
-        message = error.message if isinstance(error, FailureError) else str(error)
-        if message and message not in messages:
-            messages.append(message)
-        error = error.cause if isinstance(error, FailureError) else error.__cause__
-    return ": ".join(messages[-2:]) if messages else "unknown failure"
-
-
-def was_cancelled(error: BaseException | None) -> bool:
-    """True when a failure chain ends in a cancellation (a cancel delivered during an activity or child)."""
-    while error is not None:
-        if isinstance(error, CancelledError | asyncio.CancelledError):
-            return True
-        error = error.cause if isinstance(error, FailureError) else error.__cause__
-    return False
 
 
 @workflow.defn
