@@ -174,12 +174,14 @@ async def _operate(plan: MigrationPlan, operator: DemoOperator, say) -> Migratio
         for line in render.changes(state, previous):
             say(line)
 
-    return await asyncio.wait_for(
+    state = await asyncio.wait_for(
         operate.follow(client, handle.id, show, interval=0.5,
                        on_tick=lambda state: operator.act(client, handle.id, state),
                        until=lambda state: operator.drill is not None),
         timeout=DEADLINE_S,
     )  # fmt: skip
+    # The drill answered after the state `follow` last read: read it again, so the summary shows it.
+    return await operate.get_status(client, handle.id) if state.outcome is None else state
 
 
 def run_demo(scenario: str = "ok", json_output: bool = False) -> int:
