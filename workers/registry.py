@@ -10,7 +10,7 @@ from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
 from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
 from activities.failback import failback_drill
-from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, record_code_root, run_job
+from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, judge_move, record_code_root, run_job
 from activities.metrics import scrape_endpoints
 from activities.preemption.watch import acknowledge_preemption, watch_preemption
 from activities.shadow.runner import run_shadow, set_mirror
@@ -29,6 +29,7 @@ from activities.transfer.sync import (
 from activities.validate import compare_benchmarks, compare_training, judge_window
 from workflows.migration import MigrationWorkflow
 from workflows.sync import DatasetSyncWorkflow
+from workflows.training_run import TrainingRunWorkflow
 
 #: Work that must run where an environment's data and GPUs are.
 ENVIRONMENT_ACTIVITIES = [
@@ -69,8 +70,9 @@ CONTROL_ACTIVITIES = [
     compare_job_arms,
     judge_job_bench,
     judge_handoff,
+    judge_move,
     run_shadow,
     set_mirror,
     failback_drill,
 ]
-CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow]
+CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow, TrainingRunWorkflow]

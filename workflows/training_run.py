@@ -1,0 +1,295 @@
+"""TrainingRunWorkflow: a production training run that skyshift owns, and moves without a human.
+
+DESIGN §11 "A training run is durable". The run is a resumable job (plan `resume:`) executed in
+segments, each one long heartbeated `run_job` on the worker of the environment it runs in. What the
+workflow keeps is small: where the run is, its newest checkpoint (a reference: prefix, step, size,
+and the environment whose metadata store holds it), its step, and the events (moves, hand-backs)
+with their timings. Series and bytes stay in the stores.
+
+`move(to, reason)` (a signal, so a parent workflow can send it too) is the one move of handoff,
+preemption and failback: the running segment is cancelled, which `run_job` (with
+`sigterm_on_cancel`) turns into SIGTERM → the job checkpoints within `resume.grace` and exits 0 →
+the checkpoint is put in the origin's metadata store. Then the checkpoint prefix (and the datasets
+the job uses) are delta-synced to the destination by sync children, the destination resumes the
+job for `watch_steps` steps, and those steps are judged (`judge_move`) against the run's own
+continuation: the origin resumed from the same checkpoint for the same steps, twice for the floor.
+A passing verdict leaves the run on the destination; a failing one **hands back**: the run resumes
+on the origin from the very checkpoint it handed off (still in the origin's store, untouched by the
+destination's attempt). A job that ignores SIGTERM past its grace is a failed move: the run stays on
+the origin and resumes from its newest periodic checkpoint.
+
+A parent (the migration) is told of every move by its `training_run_event` signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from activities.jobs import (
+        CheckpointRef,
+        HandoffComparison,
+        HandoffMeasures,
+        JobResult,
+        JobSpec,
+        JobTolerances,
+        JudgeMoveInput,
+        RunJobInput,
+        judge_move,
+        run_job,
+    )
+    from activities.stores.base import metadata_spec
+    from workflows.plan import CONTROL_TASK_QUEUE, Environment
+    from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
+
+#: A move's cancellation reaches the running job through its next heartbeat; the SDK sends at most
+#: one per 0.8 x this, so it bounds how long a move waits before SIGTERM.
+JOB_HEARTBEAT = timedelta(seconds=10)
+#: The name of the parent's signal that hears about each move (MigrationWorkflow.training_run_event).
+PARENT_SIGNAL = "training_run_event"
+#: Beyond the job's own timeout: fetching its code, data and checkpoint, and putting its results.
+SLACK = timedelta(minutes=30)
+
+
+class MoveRequest(BaseModel):
+    to: str = Field(description="The environment to move the run to (one of the run's environments)")
+    reason: str = Field(min_length=1)
+    by: str = "skyshift"
+    kind: Literal["handoff", "preemption", "failback", "operator"] = "handoff"
+
+
+class RunEvent(BaseModel):
+    """One move of the run, with what it cost: what operators see in status, the UI and the report."""
+
+    kind: Literal["handoff", "hand_back", "failed_move", "preemption", "failback", "operator"]
+    origin: str
+    destination: str
+    reason: str
+    by: str
+    at: datetime
+    outcome: Literal["moved", "handed_back", "stayed"]
+    checkpoint_step: int | None = None
+    steps_lost: int | None = Field(None, description="Steps the origin logged past the checkpoint it handed off")
+    seconds_to_first_step: float | None = Field(
+        None, description="SIGTERM on the origin → first step on the destination"
+    )
+    bytes_moved: int | None = Field(None, description="Bytes the delta syncs sent (checkpoint and datasets)")
+    checkpoint_bytes: int | None = None
+    verdict: str | None = Field(None, description="The continuity verdict's outcome (pass, fail, ...)")
+    summary: str = ""
+
+
+class TrainingRunState(BaseModel):
+    environment: str = Field(description="Where the run runs now")
+    status: Literal["running", "moving", "finished", "failed"] = "running"
+    step: int | None = Field(None, description="The last step logged")
+    checkpoint: CheckpointRef | None = Field(None, description="The newest checkpoint (a reference)")
+    checkpoint_env: str | None = Field(None, description="The environment whose metadata store holds it")
+    segments: int = 0
+    events: list[RunEvent] = Field(default_factory=list)
+    pending_move: MoveRequest | None = None
+    detail: str = ""
+
+
+class TrainingRunInput(BaseModel):
+    run_id: str = Field(min_length=1, description="Names the checkpoint prefix and the run's artifacts")
+    job: JobSpec
+    environments: list[Environment] = Field(min_length=1, description="Where the run may run")
+    start_on: str
+    datasets: dict[str, str] = Field(default_factory=dict, description="Dataset name -> its path in each store")
+    code_root: str | None = None
+    watch_steps: int = Field(10, ge=1, description="Steps after a move judged against the run's continuation")
+    tolerances: JobTolerances = Field(default_factory=JobTolerances)
+    state: TrainingRunState | None = Field(None, description="Carried across continue-as-new")
+
+
+def checkpoint_prefix(run_id: str, job: str) -> str:
+    """The same prefix in every environment's metadata store: the delta engine rebuilds from what is there."""
+    return f"runs/{run_id}/{job}/checkpoint"
+
+
+@workflow.defn(name="TrainingRunWorkflow")
+class TrainingRunWorkflow:
+    @workflow.init
+    def __init__(self, input: TrainingRunInput) -> None:
+        self.input = input
+        self.state = input.state or TrainingRunState(environment=input.start_on)
+        self.envs = {env.name: env for env in input.environments}
+
+    # -- messages -------------------------------------------------------------------------------
+
+    @workflow.signal
+    def move(self, request: MoveRequest) -> None:
+        """Move the run to `request.to`; ignored (with a reason in `detail`) when it cannot be moved now."""
+        if request.to not in self.envs:
+            self.state.detail = f"move to {request.to} ignored: not one of {', '.join(self.envs)}"
+        elif self.state.status != "running" or self.state.pending_move is not None:
+            self.state.detail = f"move to {request.to} ignored: the run is {self.state.status}"
+        elif request.to == self.state.environment:
+            self.state.detail = f"move to {request.to} ignored: the run is there already"
+        else:
+            self.state.pending_move = request
+
+    @workflow.query
+    def status(self) -> TrainingRunState:
+        return self.state
+
+    # -- the run --------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: TrainingRunInput) -> TrainingRunState:
+        s = self.state
+        while s.status == "running":
+            self._show()
+            result = await self._segment(self.envs[s.environment])
+            self._absorb(result)
+            request, s.pending_move = s.pending_move, None
+            if result.status == "succeeded":
+                s.status, s.detail = "finished", f"finished on {s.environment}: {result.detail}"
+            elif request is not None and result.status == "checkpointed":
+                s.status = "moving"
+                await self._move(request, result)
+                s.status = "running"
+            elif request is not None and result.handoff == "ignored_sigterm":
+                await self._record(request, RunEvent(
+                    kind="failed_move", origin=s.environment, destination=request.to, reason=request.reason,
+                    by=request.by, at=workflow.now(), outcome="stayed",
+                    checkpoint_step=s.checkpoint.step if s.checkpoint else None, summary=result.detail,
+                ))  # fmt: skip
+                s.status, s.detail = "failed", result.detail  # a job that ignores SIGTERM cannot be moved
+            else:
+                s.status, s.detail = "failed", f"on {s.environment}: {result.detail}"
+            if s.status == "running" and workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self.input.model_copy(update={"state": s}))
+        self._show()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return s
+
+    def _request(self, env: Environment, label: str, **fields) -> RunJobInput:
+        job = self.input.job
+        return RunJobInput(
+            job=job, environment=env.name, arm="production", store=env.storage, datasets=self.input.datasets,
+            code_root=self.input.code_root, artifacts=metadata_spec(env.storage),
+            artifact_prefix=f"runs/{self.input.run_id}/{job.name}/{self.state.segments:04d}-{label}-{env.name}",
+            checkpoints=metadata_spec(env.storage), **fields,
+        )  # fmt: skip
+
+    def _run(self, env: Environment, request: RunJobInput, summary: str):
+        return workflow.start_activity(
+            run_job, request, task_queue=env.task_queue, start_to_close_timeout=self.input.job.timeout + SLACK,
+            heartbeat_timeout=JOB_HEARTBEAT, cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=summary,
+        )  # fmt: skip
+
+    async def _segment(self, env: Environment) -> JobResult:
+        """Run the job on `env` from the newest checkpoint until it ends or a move is asked for."""
+        s, prefix = self.state, checkpoint_prefix(self.input.run_id, self.input.job.name)
+        s.segments += 1
+        resume = prefix if s.checkpoint is not None else None
+        request = self._request(env, "run", checkpoint_prefix=prefix, resume_from=resume, sigterm_on_cancel=True)
+        handle = self._run(env, request, f"{self.input.job.name} on {env.name}")
+        await workflow.wait_condition(lambda: handle.done() or s.pending_move is not None)
+        if not handle.done():
+            handle.cancel()  # run_job turns it into SIGTERM and a checkpoint
+        return await handle
+
+    def _absorb(self, result: JobResult) -> None:
+        s = self.state
+        if result.last_step is not None:
+            s.step = result.last_step
+        if result.checkpoint is not None:
+            s.checkpoint, s.checkpoint_env = result.checkpoint, result.environment
+
+    async def _sync(
+        self, origin: Environment, destination: Environment, source, target, path: str, what: str
+    ) -> SyncResult:
+        return await workflow.execute_child_workflow(
+            DatasetSyncWorkflow.run,
+            SyncInput(source=source, target=target, source_queue=origin.task_queue, target_queue=destination.task_queue,
+                      path=path, egress_per_gb_usd=origin.egress_per_gb_usd),
+            id=f"{workflow.info().workflow_id}-{self.state.segments:04d}-sync-{what}",
+            static_summary=f"{what}: {origin.name} → {destination.name}",
+            cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )  # fmt: skip
+
+    async def _move(self, request: MoveRequest, before: JobResult) -> None:
+        s, job = self.state, self.input.job
+        origin, destination = self.envs[s.environment], self.envs[request.to]
+        prefix = checkpoint_prefix(self.input.run_id, job.name)
+        moved = await self._sync(origin, destination, metadata_spec(origin.storage),
+                                 metadata_spec(destination.storage), prefix, "checkpoint")  # fmt: skip
+        data = await asyncio.gather(*(
+            self._sync(origin, destination, origin.storage, destination.storage, path, f"dataset-{name}")
+            for name, path in sorted(self.input.datasets.items())
+        ))  # fmt: skip
+        step = before.checkpoint.step
+        until = step + self.input.watch_steps
+        s.segments += 1
+        watched = self._run(destination, self._request(destination, "watch", checkpoint_prefix=prefix,
+                                                       resume_from=prefix, handoff_at_step=until),
+                            f"{job.name}: first {self.input.watch_steps} steps on {destination.name}")  # fmt: skip
+        # The run's own continuation, on the origin from the same checkpoint: nothing is put back in its store.
+        references = [
+            self._run(origin, self._request(origin, label, resume_from=prefix, stop_after_steps=self.input.watch_steps),
+                      f"{job.name}: reference {label} on {origin.name}")
+            for label in ("reference", "reference-repeat")
+        ]  # fmt: skip
+        after, reference, repeat = await asyncio.gather(watched, *references)
+        measures = HandoffMeasures(
+            checkpoint_bytes=before.checkpoint.bytes,
+            bytes_moved=moved.egress_bytes + sum(d.egress_bytes for d in data),
+        )
+        verdict: HandoffComparison = await workflow.execute_activity(
+            judge_move,
+            JudgeMoveInput(job=job.name, before=before, after=after, reference=reference, reference_repeat=repeat,
+                           watch_steps=self.input.watch_steps, tolerances=self.input.tolerances, measures=measures),
+            task_queue=CONTROL_TASK_QUEUE, start_to_close_timeout=timedelta(minutes=30),
+            summary=f"{job.name}: the first steps on {destination.name} against its own continuation",
+        )  # fmt: skip
+        outcome = verdict.comparison.verdict.outcome
+        event = RunEvent(
+            kind=request.kind, origin=origin.name, destination=destination.name, reason=request.reason,
+            by=request.by, at=workflow.now(), outcome="moved" if outcome == "pass" else "handed_back",
+            checkpoint_step=step, steps_lost=(before.last_step or step) - step,
+            seconds_to_first_step=verdict.measures.seconds_to_first_step, bytes_moved=measures.bytes_moved,
+            checkpoint_bytes=measures.checkpoint_bytes, verdict=outcome, summary=verdict.comparison.verdict.summary,
+        )  # fmt: skip
+        if outcome == "pass":
+            s.environment = destination.name
+            self._absorb(after)
+        else:
+            # Hand back: the origin's store still holds the checkpoint of `step`; the destination's attempt
+            # (its steps, its checkpoint) is not the truth. The run resumes on the origin from `step`.
+            event = event.model_copy(update={"kind": "hand_back"})
+            s.checkpoint, s.checkpoint_env, s.step = before.checkpoint, origin.name, step
+        await self._record(request, event)
+
+    async def _record(self, request: MoveRequest, event: RunEvent) -> None:
+        self.state.events.append(event)
+        self.state.detail = f"{event.kind} {event.origin} → {event.destination}: {event.outcome}"
+        parent = workflow.info().parent
+        if parent is not None:
+            handle = workflow.get_external_workflow_handle(parent.workflow_id, run_id=parent.run_id)
+            try:
+                await handle.signal(PARENT_SIGNAL, event)
+            except Exception as error:  # a parent that has ended does not stop the run
+                workflow.logger.warning("could not tell the parent of %s: %s", event.kind, error)
+
+    def _show(self) -> None:
+        s = self.state
+        lines = [f"**{self.input.job.name}** on **{s.environment}**: {s.status}, step {s.step}"]
+        if s.checkpoint:
+            lines.append(
+                f"newest checkpoint: step {s.checkpoint.step} ({s.checkpoint.bytes} bytes) on {s.checkpoint_env}"
+            )
+        for e in s.events[-3:]:
+            lines.append(f"{e.kind} {e.origin} → {e.destination}: {e.outcome}, steps lost {e.steps_lost}, "
+                         f"SIGTERM → first step {e.seconds_to_first_step}s, {e.bytes_moved} bytes moved")  # fmt: skip
+        workflow.set_current_details("\n\n".join(lines))
