@@ -11,6 +11,7 @@ from activities.checkpoints.reshard import convert_checkpoint
 from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
 from activities.failback import failback_drill
 from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, judge_move, record_code_root, run_job
+from activities.jobs.hand_back import hand_back_training
 from activities.metrics import scrape_endpoints
 from activities.preemption.watch import acknowledge_preemption, watch_preemption
 from activities.shadow.runner import run_shadow, set_mirror
@@ -71,6 +72,7 @@ CONTROL_ACTIVITIES = [
     judge_job_bench,
     judge_handoff,
     judge_move,
+    hand_back_training,
     run_shadow,
     set_mirror,
     failback_drill,

@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributeKey
 from workflows.plan import MigrationPlan
 from workflows.saga import Saga
 from workflows.sync import SyncResult
+from workflows.training_events import TrainingProgress
 
 with workflow.unsafe.imports_passed_through():
     from activities.assess import AssessReport
@@ -160,6 +161,7 @@ class MigrationState(BaseModel):
     cutover: CutoverProgress = Field(default_factory=CutoverProgress)
     decommission: DecommissionResult = Field(default_factory=DecommissionResult)
     failback: FailbackState = Field(default_factory=FailbackState)
+    training: TrainingProgress = Field(default_factory=TrainingProgress, description="cutover.training: handoff")
     verdicts: list[Verdict] = Field(default_factory=list)
     egress_bytes: int = 0
     egress_cost_usd: float = 0

@@ -24,7 +24,7 @@ A parent (the migration) is told of every move by its `training_run_event` signa
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.stores.base import metadata_spec
     from workflows.plan import CONTROL_TASK_QUEUE, Environment
     from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
+    from workflows.training_events import MoveRequest, RunEvent
 
 #: A move's cancellation reaches the running job through its next heartbeat; the SDK sends at most
 #: one per 0.8 x this, so it bounds how long a move waits before SIGTERM.
@@ -55,34 +56,6 @@ JOB_HEARTBEAT = timedelta(seconds=10)
 PARENT_SIGNAL = "training_run_event"
 #: Beyond the job's own timeout: fetching its code, data and checkpoint, and putting its results.
 SLACK = timedelta(minutes=30)
-
-
-class MoveRequest(BaseModel):
-    to: str = Field(description="The environment to move the run to (one of the run's environments)")
-    reason: str = Field(min_length=1)
-    by: str = "skyshift"
-    kind: Literal["handoff", "preemption", "failback", "operator"] = "handoff"
-
-
-class RunEvent(BaseModel):
-    """One move of the run, with what it cost: what operators see in status, the UI and the report."""
-
-    kind: Literal["handoff", "hand_back", "failed_move", "preemption", "failback", "operator"]
-    origin: str
-    destination: str
-    reason: str
-    by: str
-    at: datetime
-    outcome: Literal["moved", "handed_back", "stayed"]
-    checkpoint_step: int | None = None
-    steps_lost: int | None = Field(None, description="Steps the origin logged past the checkpoint it handed off")
-    seconds_to_first_step: float | None = Field(
-        None, description="SIGTERM on the origin → first step on the destination"
-    )
-    bytes_moved: int | None = Field(None, description="Bytes the delta syncs sent (checkpoint and datasets)")
-    checkpoint_bytes: int | None = None
-    verdict: str | None = Field(None, description="The continuity verdict's outcome (pass, fail, ...)")
-    summary: str = ""
 
 
 class TrainingRunState(BaseModel):

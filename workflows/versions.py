@@ -36,6 +36,7 @@ BENCH_SUITE_JUDGE = "2026-11-bench-suite-judge"
 FAILBACK_WINDOW = "2026-12-failback-window"
 MONITORED_SOAK = "2026-12-monitored-soak"
 HANDOFF_ARM = "2026-12-handoff-arm"
+TRAINING_HANDOFF = "2026-12-training-handoff"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -58,4 +59,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch(HANDOFF_ARM, "2026-12-03",
           "a resumable job (plan resume:) gets a fourth arm in the parallel run: SIGTERM on the source, its "
           "checkpoint delta-synced, resumed on the target, judged for continuity against the uninterrupted source"),
+    Patch(TRAINING_HANDOFF, "2026-12-03",
+          "cutover.training: handoff starts a production run (TrainingRunWorkflow child) on the source when the "
+          "cutover begins and, with its hand-back registered first, moves it to the target at the handoff stage"),
 )  # fmt: skip
