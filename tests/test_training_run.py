@@ -34,7 +34,7 @@ WATCH = 10
 TRAIN = Path(__file__).parents[1] / "examples/jobs/train/train.py"
 
 
-def _plan(tmp_path: Path):
+def _plan(tmp_path: Path, steps: int = STEPS, **overrides):
     source, target = f"file://{tmp_path}/src", f"file://{tmp_path}/dst"
     seed(source)
     for url in (source, target):  # the job's code is synced by the migration before a production run starts
@@ -42,9 +42,9 @@ def _plan(tmp_path: Path):
     return make_plan(suffix(), source, target, workloads={
         "datasets": [{"name": "corpus", "path": "datasets/corpus"}],
         "jobs": [{"name": "lm", "code": "jobs/train", "uses": ["corpus"], "timeout": "30m",
-                  "command": ["python", "train.py", "--steps", str(STEPS), "--dataset", "corpus"],
+                  "command": ["python", "train.py", "--steps", str(steps), "--dataset", "corpus"],
                   "env": {"OMP_NUM_THREADS": "1", "TRAIN_DEVICE": "cpu"}, "resume": {"grace": "60s", "every": 500}}],
-    })  # fmt: skip
+    }, **overrides)  # fmt: skip
 
 
 async def _running(client, handle, timeout: float = 300) -> JobProgress:
@@ -113,3 +113,45 @@ async def test_a_broken_resume_on_the_target_hands_the_run_back(client, tmp_path
     assert event.kind == "hand_back" and event.outcome == "handed_back" and event.verdict == "fail"
     assert f"first diverging step {event.checkpoint_step + 1} (state_restored" in event.summary
     assert event.steps_lost == 0
+
+
+# -- the live handoff at cutover (the real MigrationWorkflow) -----------------------------------
+
+
+async def test_the_cutover_hands_the_production_run_to_the_target_and_a_rollback_hands_it_back(client, tmp_path):
+    """cutover.training: handoff: the run starts on the source at the first stage, moves at the last (its
+    hand-back registered first); a later rollback runs that hand-back: the run ends on the source."""
+    from starters.operate import start_migration
+    from starters.render import summary
+    from tests.helpers import approve_gates
+    from workflows.migration import MigrationWorkflow
+    from workflows.state import RollbackInput
+
+    plan = _plan(tmp_path, steps=3000, cutover={
+        "monitor_interval": "1s", "stages": [{"percent": 20, "duration": "2s"}, {"percent": 100, "duration": "1h"}],
+        "training": "handoff", "watch_steps": WATCH,
+    }, parallel_run={"jobs": {"rules": [{"metric": "throughput", "compare": "at_most", "threshold": 0,
+                                         "dry_run": True}]}})  # fmt: skip
+    async with running_workers(client, plan.source, plan.target):
+        handle = await start_migration(client, plan)
+        state = await approve_gates(handle, lambda s: s.outcome is not None or s.training.events, timeout=900)
+        assert state.outcome is None, state.outcome_reason
+        (event,) = state.training.events
+        assert event.kind == "handoff" and event.outcome == "moved" and event.verdict == "pass", event.summary
+        assert state.training.environment == plan.target and event.steps_lost == 0 and event.bytes_moved > 0
+        registered = [a.detail for a in state.audit if a.action == "compensation_registered"]
+        asked = next(i for i, a in enumerate(state.audit) if a.action == "training_handoff")
+        hand_back = next(i for i, a in enumerate(state.audit) if a.action == "compensation_registered"
+                         and "production run back" in a.detail)  # fmt: skip
+        assert hand_back < asked and any("production run back" in d for d in registered)  # the way back first
+        await handle.signal(MigrationWorkflow.rollback, RollbackInput(reason="test over", by="tester"))
+        final = await handle.result()
+        assert final.outcome == "rolled_back"
+        assert any("production run back" in done for done in final.saga.completed)
+        shown = summary(final)  # what `skyshift status` prints
+        assert f"training: lm (run {state.training.run_id})" in shown
+        assert f"handoff {plan.source} → {plan.target}: moved (verdict pass)" in shown and "steps lost 0" in shown
+        run = await client.get_workflow_handle(state.training.run_id).result(result_type=None)
+    events = run["events"] if isinstance(run, dict) else run.events
+    assert [(e["kind"], e["outcome"]) for e in events] == [("handoff", "moved"), ("failback", "moved")]
+    assert (run["environment"], run["status"], run["step"]) == (plan.source, "finished", 2999)

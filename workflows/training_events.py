@@ -28,7 +28,7 @@ class RunEvent(BaseModel):
     reason: str
     by: str
     at: datetime
-    outcome: Literal["moved", "handed_back", "stayed"]
+    outcome: Literal["moved", "handed_back", "stayed", "ended_first"]
     checkpoint_step: int | None = None
     steps_lost: int | None = Field(None, description="Steps the origin logged past the checkpoint it handed off")
     seconds_to_first_step: float | None = Field(

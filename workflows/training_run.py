@@ -29,6 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, CancelledError
 from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -121,8 +122,18 @@ class TrainingRunWorkflow:
         while s.status == "running":
             self._show()
             result = await self._segment(self.envs[s.environment])
+            if result is None:  # a move asked before the job ran: run it to its next step, then SIGTERM
+                at = s.checkpoint.step + 1 if s.checkpoint is not None else 0
+                result = await self._segment(self.envs[s.environment], at_step=at)
             self._absorb(result)
             request, s.pending_move = s.pending_move, None
+            if request is not None and result.status != "checkpointed" and result.handoff != "ignored_sigterm":
+                await self._record(request, RunEvent(
+                    kind=request.kind, origin=s.environment, destination=request.to, reason=request.reason,
+                    by=request.by, at=workflow.now(), outcome="ended_first",
+                    checkpoint_step=s.checkpoint.step if s.checkpoint else None,
+                    summary=f"the run ended before it could move: {result.detail}",
+                ))  # fmt: skip
             if result.status == "succeeded":
                 s.status, s.detail = "finished", f"finished on {s.environment}: {result.detail}"
             elif request is not None and result.status == "checkpointed":
@@ -161,17 +172,25 @@ class TrainingRunWorkflow:
             summary=summary,
         )  # fmt: skip
 
-    async def _segment(self, env: Environment) -> JobResult:
-        """Run the job on `env` from the newest checkpoint until it ends or a move is asked for."""
+    async def _segment(self, env: Environment, at_step: int | None = None) -> JobResult | None:
+        """Run the job on `env` from the newest checkpoint until it ends or a move is asked for (or, with
+        `at_step`, until that step: SIGTERM and a checkpoint). None: cancelled before the job ran."""
         s, prefix = self.state, checkpoint_prefix(self.input.run_id, self.input.job.name)
         s.segments += 1
         resume = prefix if s.checkpoint is not None else None
-        request = self._request(env, "run", checkpoint_prefix=prefix, resume_from=resume, sigterm_on_cancel=True)
+        request = self._request(env, "run", checkpoint_prefix=prefix, resume_from=resume, sigterm_on_cancel=True,
+                                handoff_at_step=at_step)  # fmt: skip
         handle = self._run(env, request, f"{self.input.job.name} on {env.name}")
-        await workflow.wait_condition(lambda: handle.done() or s.pending_move is not None)
-        if not handle.done():
-            handle.cancel()  # run_job turns it into SIGTERM and a checkpoint
-        return await handle
+        if at_step is None:
+            await workflow.wait_condition(lambda: handle.done() or s.pending_move is not None)
+            if not handle.done():
+                handle.cancel()  # run_job turns it into SIGTERM and a checkpoint
+        try:
+            return await handle
+        except ActivityError as error:
+            if at_step is None and s.pending_move is not None and isinstance(error.cause, CancelledError):
+                return None  # the cancellation reached it before the job's process started
+            raise
 
     def _absorb(self, result: JobResult) -> None:
         s = self.state

@@ -83,6 +83,8 @@ async def _hand_off(ctx: MigrationContext, stage: Stage) -> None:
               f"{progress.job}: {event.kind} {event.origin} → {event.destination}, steps lost {event.steps_lost}, "
               f"SIGTERM → first step {event.seconds_to_first_step}s, {event.bytes_moved} bytes moved")  # fmt: skip
     ctx.show_details()
+    if event.outcome == "ended_first":
+        return  # the run finished on the source before it could move: nothing to hand off
     if event.outcome != "moved":
         ctx.start_rollback(f"training handoff of {progress.job}: {event.kind}: {event.summary}", by="skyshift:training")
         ctx.raise_if_rollback()
