@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ pytestmark = pytest.mark.stack
 #: Long enough that the move lands mid-run: the cancellation reaches the job within a heartbeat (≤ 8 s).
 STEPS = 4000
 WATCH = 10
+#: The migration's job: the rollback's hand-back must reach the run on the target before it ends there
+#: (a move's cancellation travels with the job's heartbeats, sent at most every 8 s: JOB_HEARTBEAT).
+CUTOVER_STEPS = 6000
 TRAIN = Path(__file__).parents[1] / "examples/jobs/train/train.py"
 
 
@@ -84,6 +88,34 @@ async def _move_once(client, plan, tmp_path: Path):
     return run, await handle.result()
 
 
+def test_cutover_training_is_plan_data_with_clear_errors(tmp_path):
+    from tests.helpers import plan_data
+    from workflows.plan import PlanError, parse_plan
+
+    job = {"name": "ft", "code": "jobs/ft", "command": ["python", "t.py"], "timeout": "1h"}
+
+    def plan(cutover: dict, resume: dict | None = {"grace": "60s"}) -> dict:  # noqa: B006 (read only)
+        jobs = [{**job, **({"resume": resume} if resume is not None else {})}]
+        workloads = {"datasets": [{"name": "corpus", "path": "datasets/corpus"}], "jobs": jobs}
+        stages = [{"percent": 20, "duration": "1h"}, {"percent": 100}]
+        return plan_data("r", "file:///tmp/src", "file:///tmp/dst", workloads=workloads,
+                         cutover={"stages": stages, **cutover})  # fmt: skip
+
+    parsed = parse_plan(plan({"training": "handoff"})).cutover
+    assert (parsed.training, parsed.handoff_stage, parsed.watch_steps) == ("handoff", None, 10)
+    assert parse_plan(plan({"training": "handoff", "handoff_stage": "20pct"})).cutover.handoff_stage == "20pct"
+    with pytest.raises(PlanError, match=r"cutover\.training: handoff needs a resumable job: add `resume:`"):
+        parse_plan(plan({"training": "handoff"}, resume=None))
+    with pytest.raises(
+        PlanError, match=r"cutover: handoff_stage: '50pct' is not a stage; name one of '20pct', '100pct'"
+    ):
+        parse_plan(plan({"training": "handoff", "handoff_stage": "50pct"}))
+    with pytest.raises(PlanError, match=r"cutover\.training_job: 'other' is not a resumable job \(ft\)"):
+        parse_plan(plan({"training": "handoff", "training_job": "other"}))
+    with pytest.raises(PlanError, match=r"cutover\.training"):
+        parse_plan(plan({"training": "live"}))
+
+
 async def test_a_production_run_moves_to_the_target_and_continues_there(client, tmp_path):
     plan = _plan(tmp_path)
     async with running_workers(client, plan.source, plan.target):
@@ -115,21 +147,45 @@ async def test_a_broken_resume_on_the_target_hands_the_run_back(client, tmp_path
     assert event.steps_lost == 0
 
 
+async def test_a_sigterm_ignored_past_grace_is_a_failed_move_and_the_run_stays_on_the_source(client, tmp_path):
+    """The job ignores SIGTERM: killed after resume.grace, nothing synced or run on the target; the run goes on
+    on the source from its newest periodic checkpoint, to the end."""
+    from tests.handoff import worker_env
+
+    plan = _plan(tmp_path)
+    job = plan.workloads.jobs[0].model_copy(update={"resume": plan.workloads.jobs[0].resume.model_copy(
+        update={"grace": timedelta(seconds=2), "every": 100})})  # fmt: skip
+    plan = plan.model_copy(update={"workloads": plan.workloads.model_copy(update={"jobs": [job]})})
+    with worker_env(TRAIN_RESUME_BREAK="sigterm"):  # the job's processes inherit the workers' environment
+        async with running_workers(client, plan.source, plan.target):
+            run, final = await _move_once(client, plan, tmp_path)
+    assert final.status == "finished" and final.environment == plan.source and final.step == STEPS - 1, final.detail
+    (event,) = final.events
+    assert event.kind == "failed_move" and event.outcome == "stayed" and event.destination == plan.target
+    assert "no exit within resume.grace (0:00:02) of SIGTERM: killed (SIGKILL)" in event.summary
+    assert event.checkpoint_step is not None and (event.checkpoint_step + 1) % 100 == 0  # a periodic one
+    assert event.steps_lost >= 0 and event.bytes_moved is None  # nothing crossed
+    assert not open_store(metadata_spec(plan.target_env.storage)).exists(
+        f"{checkpoint_prefix(run.run_id, 'lm')}/state.pt"
+    )
+
+
 # -- the live handoff at cutover (the real MigrationWorkflow) -----------------------------------
 
 
 async def test_the_cutover_hands_the_production_run_to_the_target_and_a_rollback_hands_it_back(client, tmp_path):
-    """cutover.training: handoff: the run starts on the source at the first stage, moves at the last (its
-    hand-back registered first); a later rollback runs that hand-back: the run ends on the source."""
+    """cutover.training: handoff: the run starts on the source when the cutover begins and moves at the handoff
+    stage (here the first: most of the run is left to train on the target), its hand-back registered first; a
+    rollback runs that hand-back, which waits until the run trains on the source again."""
     from starters.operate import start_migration
     from starters.render import summary
     from tests.helpers import approve_gates
     from workflows.migration import MigrationWorkflow
     from workflows.state import RollbackInput
 
-    plan = _plan(tmp_path, steps=3000, cutover={
+    plan = _plan(tmp_path, steps=CUTOVER_STEPS, cutover={
         "monitor_interval": "1s", "stages": [{"percent": 20, "duration": "2s"}, {"percent": 100, "duration": "1h"}],
-        "training": "handoff", "watch_steps": WATCH,
+        "training": "handoff", "handoff_stage": "20pct", "watch_steps": WATCH,
     }, parallel_run={"jobs": {"rules": [{"metric": "throughput", "compare": "at_most", "threshold": 0,
                                          "dry_run": True}]}})  # fmt: skip
     async with running_workers(client, plan.source, plan.target):
@@ -151,7 +207,6 @@ async def test_the_cutover_hands_the_production_run_to_the_target_and_a_rollback
         shown = summary(final)  # what `skyshift status` prints
         assert f"training: lm (run {state.training.run_id})" in shown
         assert f"handoff {plan.source} → {plan.target}: moved (verdict pass)" in shown and "steps lost 0" in shown
-        run = await client.get_workflow_handle(state.training.run_id).result(result_type=None)
-    events = run["events"] if isinstance(run, dict) else run.events
-    assert [(e["kind"], e["outcome"]) for e in events] == [("handoff", "moved"), ("failback", "moved")]
-    assert (run["environment"], run["status"], run["step"]) == (plan.source, "finished", 2999)
+        run = await client.get_workflow_handle_for(TrainingRunWorkflow.run, state.training.run_id).result()
+    assert [(e.kind, e.outcome) for e in run.events] == [("handoff", "moved"), ("failback", "moved")], run.events
+    assert (run.environment, run.status, run.step) == (plan.source, "finished", CUTOVER_STEPS - 1)

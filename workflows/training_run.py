@@ -141,12 +141,15 @@ class TrainingRunWorkflow:
                 await self._move(request, result)
                 s.status = "running"
             elif request is not None and result.handoff == "ignored_sigterm":
+                # A failed move: nothing was synced, nothing ran elsewhere; the run goes on where it was,
+                # from its newest periodic checkpoint (what the job logged past it is lost).
+                step = s.checkpoint.step if s.checkpoint else None
                 await self._record(request, RunEvent(
                     kind="failed_move", origin=s.environment, destination=request.to, reason=request.reason,
-                    by=request.by, at=workflow.now(), outcome="stayed",
-                    checkpoint_step=s.checkpoint.step if s.checkpoint else None, summary=result.detail,
+                    by=request.by, at=workflow.now(), outcome="stayed", checkpoint_step=step,
+                    steps_lost=(result.last_step - step) if result.last_step is not None and step is not None else None,
+                    summary=result.detail,
                 ))  # fmt: skip
-                s.status, s.detail = "failed", result.detail  # a job that ignores SIGTERM cannot be moved
             else:
                 s.status, s.detail = "failed", f"on {s.environment}: {result.detail}"
             if s.status == "running" and workflow.info().is_continue_as_new_suggested():

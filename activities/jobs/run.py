@@ -347,27 +347,30 @@ def _supervise(
                     if time.monotonic() >= deadline:
                         status = "timed_out"
                         break
+                    moving = request.sigterm_on_cancel and job.resume is not None
                     if activity.is_cancelled() and sigterm_at is None:
-                        if request.sigterm_on_cancel and job.resume is not None:  # a move: checkpoint, then exit 0
+                        if not moving:
+                            cancelled = True
+                            break
+                        if last is not None:  # a move: checkpoint, then exit 0
                             sigterm_at = time.time()
                             _signal_group(pgid, signal.SIGTERM)
                             grace_end = time.monotonic() + job.resume.grace.total_seconds()
                             continue
-                        cancelled = True
-                        break
+                        # Not stepping yet: a job still importing has no SIGTERM handler and would die of it.
                     waiting = request.handoff_at_step is not None and sigterm_at is None
                     # Waiting to send SIGTERM: read the series often, so the signal lands near the step asked.
                     pause = min(request.poll_seconds, 0.02) if waiting else request.poll_seconds
-                    if sigterm_at is not None and activity.is_cancelled():
-                        time.sleep(min(pause, 0.1))  # a move's SIGTERM is out: wait for the job's exit
+                    if moving and activity.is_cancelled():
+                        time.sleep(min(pause, 0.1))  # a move: SIGTERM at the first step, then the job's exit
                     else:
                         activity.wait_for_cancelled_sync(pause)
             finally:
                 activity.heartbeat(JobProgress(phase="stopping", pid=pgid, steps_logged=len(tail.records)))
                 end_group(process, pgid, 0 if handoff == "ignored_sigterm" else request.kill_grace_seconds)
     except CancelledError:
-        if not (request.sigterm_on_cancel and sigterm_at is not None):
-            raise
+        if not (request.sigterm_on_cancel and job.resume is not None):
+            raise  # a move's cancellation ends in a result: checkpointed, or what the job did first
     if cancelled:
         raise CancelledError(f"job {job.name} cancelled on {request.environment}; its process group was ended")
     tail.read_new(final=True)

@@ -11,6 +11,8 @@ cutover: the migration rolls back, and the run is already back on, or still on, 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import workflow
 from temporalio.workflow import ParentClosePolicy
 
@@ -23,6 +25,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.training_events import MoveRequest
     from workflows.training_run import TrainingRunInput, TrainingRunWorkflow
     from workflows.versions import TRAINING_HANDOFF
+
+
+#: A hand-back is a whole move (SIGTERM, checkpoint, sync, resume, judged first steps): minutes, not seconds.
+HAND_BACK_TIMEOUT = timedelta(hours=1)
 
 
 def _handoff_stage(ctx: MigrationContext) -> str:
@@ -67,6 +73,7 @@ async def _hand_off(ctx: MigrationContext, stage: Stage) -> None:
             hand_back_training,
             HandBackInput(run_id=progress.run_id, to=plan.source, reason="rollback: the run back to the source"),
             task_queue=CONTROL_TASK_QUEUE, summary=f"hand {progress.job}'s production run back to {plan.source}",
+            timeout_s=HAND_BACK_TIMEOUT.total_seconds(),
         ),
         announce=f"hand {progress.job}'s production run back to {plan.source}",
     )  # fmt: skip
