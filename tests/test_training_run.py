@@ -170,6 +170,38 @@ async def test_a_sigterm_ignored_past_grace_is_a_failed_move_and_the_run_stays_o
     )
 
 
+async def test_a_spot_notice_moves_the_run_to_its_fallback_with_no_step_lost(client, tmp_path):
+    """AWS's 2-minute notice on the fake IMDS: the watcher beside the job signals the run, which checkpoints and
+    resumes on the plan's fallback; the first steps there continue the run's own continuation bit for bit."""
+    from starters import fake_metadata
+
+    imds = fake_metadata.start("aws")
+    try:
+        plan = _plan(tmp_path)
+        source = plan.source_env.model_copy(update={"preemption": "aws", "preemption_address": imds.url})
+        job = plan.workloads.jobs[0].model_copy(update={"fallback": [plan.target]})
+        plan = plan.model_copy(update={"environments": [source, plan.target_env],
+                                       "workloads": plan.workloads.model_copy(update={"jobs": [job]})})  # fmt: skip
+        run = TrainingRunInput(run_id=f"run-{plan.name}", job=job, environments=plan.environments,
+                               start_on=plan.source, datasets={"corpus": "datasets/corpus"},
+                               watch_steps=WATCH)  # fmt: skip
+        async with running_workers(client, plan.source, plan.target):
+            handle = await client.start_workflow(TrainingRunWorkflow.run, run, id=run.run_id,
+                                                 task_queue=CONTROL_TASK_QUEUE)  # fmt: skip
+            await _running(client, handle)
+            imds.schedule_in(0)  # the notice: the instance goes in two minutes
+            final = await handle.result()
+    finally:
+        imds.shutdown()
+        imds.server_close()
+    assert final.status == "finished" and final.environment == plan.target and final.step == STEPS - 1, final.detail
+    (event,) = final.events
+    assert event.kind == "preemption" and event.outcome == "moved" and event.verdict == "pass", event.summary
+    assert event.origin == plan.source and event.by == "aws notice" and "aws preempt notice" in event.reason
+    assert event.steps_lost <= 1 and event.noticed_at is not None and event.seconds_to_first_step > 0
+    assert [e.environment for e in final.evictions] == [plan.source]
+
+
 # -- the live handoff at cutover (the real MigrationWorkflow) -----------------------------------
 
 

@@ -17,6 +17,7 @@ class MoveRequest(BaseModel):
     reason: str = Field(min_length=1)
     by: str = "skyshift"
     kind: Literal["handoff", "preemption", "failback", "operator"] = "handoff"
+    noticed_at: datetime | None = Field(None, description="A preemption: when the worker read the notice")
 
 
 class RunEvent(BaseModel):
@@ -30,6 +31,8 @@ class RunEvent(BaseModel):
     at: datetime
     outcome: Literal["moved", "handed_back", "stayed", "ended_first"]
     checkpoint_step: int | None = None
+    noticed_at: datetime | None = Field(None, description="A preemption: when the worker read the notice")
+    sigterm_at: float | None = Field(None, description="When the origin's worker sent SIGTERM (epoch seconds)")
     steps_lost: int | None = Field(None, description="Steps the origin logged past the checkpoint it handed off")
     seconds_to_first_step: float | None = Field(
         None, description="SIGTERM on the origin → first step on the destination"

@@ -45,6 +45,15 @@ with workflow.unsafe.imports_passed_through():
         judge_move,
         run_job,
     )
+    from activities.preemption.base import WatcherConfig
+    from activities.preemption.fallback import Eviction, FallbackCandidate, choose_fallback
+    from activities.preemption.watch import (
+        PREEMPTION_SIGNAL,
+        PreemptionSignal,
+        WatchPreemptionInput,
+        heartbeat_timeout_for,
+        watch_preemption,
+    )
     from activities.stores.base import metadata_spec
     from workflows.plan import CONTROL_TASK_QUEUE, Environment
     from workflows.sync import DatasetSyncWorkflow, SyncInput, SyncResult
@@ -68,6 +77,8 @@ class TrainingRunState(BaseModel):
     segments: int = 0
     events: list[RunEvent] = Field(default_factory=list)
     pending_move: MoveRequest | None = None
+    evictions: list[Eviction] = Field(default_factory=list, description="Preemption notices acted on (zone, when)")
+    notices_seen: list[str] = Field(default_factory=list, description="Notice keys already handled")
     detail: str = ""
 
 
@@ -109,6 +120,25 @@ class TrainingRunWorkflow:
             self.state.detail = f"move to {request.to} ignored: the run is there already"
         else:
             self.state.pending_move = request
+
+    @workflow.signal(name=PREEMPTION_SIGNAL)
+    def preemption_notice(self, signal: PreemptionSignal) -> None:
+        """The watcher beside the job read a notice: move to the first fallback `choose_fallback` gives."""
+        s, notice = self.state, signal.notice
+        if notice.key in s.notices_seen or signal.environment != s.environment:
+            return
+        s.notices_seen = [*s.notices_seen, notice.key][-50:]
+        here = self.envs[s.environment]
+        s.evictions = [*s.evictions, Eviction(environment=here.name, zone=here.region, at=workflow.now())][-20:]
+        names = self.input.job.fallback or [e.name for e in self.input.environments if e.name != here.name]
+        candidates = [FallbackCandidate(environment=n, zone=self.envs[n].region) for n in names if n in self.envs]
+        choice = choose_fallback(candidates, s.evictions, workflow.now())
+        if choice.environment is None or choice.environment == s.environment:
+            s.detail = f"{notice.provider} {notice.kind} notice on {here.name}: {choice.reason}; nowhere else to go"
+            return
+        why = f"{notice.provider} {notice.kind} notice on {here.name}: {choice.reason}"
+        self.move(MoveRequest(to=choice.environment, kind="preemption", by=f"{notice.provider} notice", reason=why,
+                              noticed_at=notice.seen_at))  # fmt: skip
 
     @workflow.query
     def status(self) -> TrainingRunState:
@@ -185,7 +215,10 @@ class TrainingRunWorkflow:
                                 handoff_at_step=at_step)  # fmt: skip
         handle = self._run(env, request, f"{self.input.job.name} on {env.name}")
         if at_step is None:
+            watch = self._watch(env)
             await workflow.wait_condition(lambda: handle.done() or s.pending_move is not None)
+            if watch is not None and not watch.done():
+                watch.cancel()
             if not handle.done():
                 handle.cancel()  # run_job turns it into SIGTERM and a checkpoint
         try:
@@ -194,6 +227,20 @@ class TrainingRunWorkflow:
             if at_step is None and s.pending_move is not None and isinstance(error.cause, CancelledError):
                 return None  # the cancellation reached it before the job's process started
             raise
+
+    def _watch(self, env: Environment):
+        """The preemption watcher beside the job (plan `environments[].preemption`): a notice signals this run."""
+        if env.preemption == "none":
+            return None
+        config = WatcherConfig(provider=env.preemption, address=env.preemption_address)
+        return workflow.start_activity(
+            watch_preemption,
+            WatchPreemptionInput(environment=env.name, watcher=config, kinds=["preempt"],
+                                 seen=self.state.notices_seen, signal_workflow_id=workflow.info().workflow_id),
+            task_queue=env.task_queue, start_to_close_timeout=self.input.job.timeout + SLACK,
+            heartbeat_timeout=heartbeat_timeout_for(config), cancellation_type=ActivityCancellationType.TRY_CANCEL,
+            summary=f"watch {env.name} for a {env.preemption} preemption notice",
+        )  # fmt: skip
 
     def _absorb(self, result: JobResult) -> None:
         s = self.state
@@ -250,6 +297,7 @@ class TrainingRunWorkflow:
         )  # fmt: skip
         outcome = verdict.comparison.verdict.outcome
         event = RunEvent(
+            noticed_at=request.noticed_at, sigterm_at=before.sigterm_at,
             kind=request.kind, origin=origin.name, destination=destination.name, reason=request.reason,
             by=request.by, at=workflow.now(), outcome="moved" if outcome == "pass" else "handed_back",
             checkpoint_step=step, steps_lost=(before.last_step or step) - step,
