@@ -56,7 +56,7 @@ async def _running(client, handle, timeout: float = 300) -> JobProgress:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         for pending in (await handle.describe()).raw_description.pending_activities:
-            if pending.heartbeat_details.payloads:
+            if pending.activity_type.name == "run_job" and pending.heartbeat_details.payloads:
                 (progress,) = await client.data_converter.decode(pending.heartbeat_details.payloads, [JobProgress])
                 if progress.phase == "running" and progress.steps_logged >= 2:
                     return progress

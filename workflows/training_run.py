@@ -319,7 +319,7 @@ class TrainingRunWorkflow:
         self.state.detail = f"{event.kind} {event.origin} → {event.destination}: {event.outcome}"
         parent = workflow.info().parent
         if parent is not None:
-            handle = workflow.get_external_workflow_handle(parent.workflow_id, run_id=parent.run_id)
+            handle = workflow.get_external_workflow_handle(parent.workflow_id)  # its latest run (continue-as-new)
             try:
                 await handle.signal(PARENT_SIGNAL, event)
             except Exception as error:  # a parent that has ended does not stop the run
