@@ -88,6 +88,7 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
         last = windows[-1]
         lines.append(f"            last ({last.subject}): {last.outcome}: {last.summary}")
     lines += _continuous_lines(state)
+    lines += _training_lines(state)
     d = state.decommission
     for t in d.final_sync:
         lines.append(f"  final:    {transfer_line(t)}")
@@ -107,6 +108,26 @@ def summary(state: MigrationState, ui_url: str | None = None) -> str:
     if ui_url:
         lines.append(f"  UI:       {ui_url}")
     return "\n".join(lines)
+
+
+def _training_lines(state: MigrationState) -> list[str]:
+    """The production run (cutover.training: handoff): where it is and what each move cost."""
+    run = state.training
+    if run.run_id is None:
+        return []
+    lines = [f"  training: {run.job} (run {run.run_id}) on {run.environment}"]
+    for e in run.events:
+        seconds = "?" if e.seconds_to_first_step is None else f"{e.seconds_to_first_step:.1f}s"
+        moved = "?" if e.bytes_moved is None else gb(e.bytes_moved)
+        size = "" if e.checkpoint_bytes is None else f" (checkpoint {gb(e.checkpoint_bytes)})"
+        lines.append(
+            f"            {e.kind} {e.origin} → {e.destination}: {e.outcome} (verdict {e.verdict or '-'}), "
+            f"checkpoint step {e.checkpoint_step}, steps lost {e.steps_lost}, SIGTERM → first step {seconds}, "
+            f"{moved} moved{size}"
+        )
+        if e.outcome != "moved" and e.summary:
+            lines.append(f"            {e.summary}")
+    return lines
 
 
 def _failback_lines(state: MigrationState) -> list[str]:

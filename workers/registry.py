@@ -9,7 +9,8 @@ from activities.checkpoints.inspect import inspect_checkpoint
 from activities.checkpoints.reshard import convert_checkpoint
 from activities.checkpoints.sealed import open_sealed, remove_sealed, seal_checkpoint
 from activities.failback import failback_drill
-from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, record_code_root, run_job
+from activities.jobs import compare_job_arms, judge_handoff, judge_job_bench, judge_move, record_code_root, run_job
+from activities.jobs.hand_back import hand_back_training
 from activities.metrics import scrape_endpoints
 from activities.microsuite import run_benchmark_activity
 from activities.microsuite.judge import judge_bench_activity
@@ -31,6 +32,7 @@ from activities.transfer.sync import (
 from activities.windows import judge_window
 from workflows.migration import MigrationWorkflow
 from workflows.sync import DatasetSyncWorkflow
+from workflows.training_run import TrainingRunWorkflow
 
 #: Work that must run where an environment's data and GPUs are.
 ENVIRONMENT_ACTIVITIES = [
@@ -72,8 +74,10 @@ CONTROL_ACTIVITIES = [
     compare_job_arms,
     judge_job_bench,
     judge_handoff,
+    judge_move,
+    hand_back_training,
     run_shadow,
     set_mirror,
     failback_drill,
 ]
-CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow]
+CONTROL_WORKFLOWS = [MigrationWorkflow, DatasetSyncWorkflow, TrainingRunWorkflow]

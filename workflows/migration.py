@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         OperatorInput,
         RollbackInput,
     )
+    from workflows.training_events import RunEvent
     from workflows.versions import COMPENSATE_EVERY_EXIT, INTERRUPT_LONG_WORK
 
 
@@ -296,6 +297,13 @@ class MigrationWorkflow:
         self.state.paused = False
         self.ctx.audit(request.by, "resumed", request.note)
         self.ctx.show_details()
+
+    @workflow.signal(name="training_run_event")
+    def training_run_event(self, event: RunEvent) -> None:
+        """The production run (cutover.training: handoff) reports a move it made; the cutover waits on it."""
+        training = self.state.training
+        training.events = [*training.events, event][-20:]
+        training.environment = event.destination if event.outcome == "moved" else event.origin
 
     # -- the undo ------------------------------------------------------------------------------
 

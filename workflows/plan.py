@@ -399,9 +399,22 @@ class CutoverSpec(_Model):
         timedelta(hours=1), description="How long a pause for inconclusive windows waits for an operator (≥ 1 s)"
     )
     on_deadline: Literal["rollback", "continue"] = Field("rollback", description="What happens when nobody answers")
+    training: Literal["none", "handoff"] = Field(
+        "none",
+        description="handoff: a production run of the resumable job starts on the source when the cutover begins "
+        "and is moved to the target (SIGTERM, checkpoint, delta sync, resume, judged) at `handoff_stage`",
+    )
+    handoff_stage: str | None = Field(None, description="The stage whose entry hands the run off (default: the last)")
+    training_job: str | None = Field(None, description="Which resumable job is the production run (default: the first)")
+    watch_steps: int = Field(10, ge=1, le=100_000, description="Steps after the handoff judged for continuity")
 
     @model_validator(mode="after")
     def _check(self) -> CutoverSpec:
+        if self.handoff_stage is not None and self.handoff_stage not in [s.name for s in self.stages]:
+            raise ValueError(
+                f"handoff_stage: {self.handoff_stage!r} is not a stage; name one of "
+                + ", ".join(repr(s.name) for s in self.stages)
+            )
         if not self.stages:
             raise ValueError("stages: at least one stage is needed, ending at 100")
         for index, (previous, stage) in enumerate(zip(self.stages, self.stages[1:], strict=False), start=1):
@@ -533,6 +546,14 @@ class MigrationPlan(_Model):
                                  f"'{unknown}' is not one of the environments ({', '.join(names)})")  # fmt: skip
         if self.sync is not None and not self.workloads.datasets:
             raise FieldError(("sync",), "the plan has no workloads.datasets to keep current: remove `sync:` or add one")
+        if self.cutover.training == "handoff":
+            resumable = [j.name for j in self.workloads.jobs if j.resume is not None]
+            if not resumable:
+                raise FieldError(("cutover", "training"), "handoff needs a resumable job: add `resume:` to one of "
+                                 "workloads.jobs (its job must follow the resume contract)")  # fmt: skip
+            if self.cutover.training_job is not None and self.cutover.training_job not in resumable:
+                raise FieldError(("cutover", "training_job"), f"'{self.cutover.training_job}' is not a resumable job "
+                                 f"({', '.join(resumable)})")  # fmt: skip
         if (why := overlap(self.source_env.storage, self.target_env.storage, resolve=False)) is not None:
             raise FieldError(("environments",), f"the source and target storage overlap ({why})")
         moved = [(d.name, d.path) for d in self.workloads.datasets] + [

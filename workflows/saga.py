@@ -22,6 +22,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.checkpoints.sealed import remove_sealed
+    from activities.jobs.hand_back import hand_back_training
     from activities.shadow.runner import set_mirror
     from activities.traffic import route_traffic
     from activities.transfer.ledger import remove_created
@@ -39,6 +40,7 @@ UNDO_ACTIVITIES: dict[str, Callable[..., Any]] = {
     "route_traffic": route_traffic,
     "remove_sealed": remove_sealed,
     "set_mirror": set_mirror,
+    "hand_back_training": hand_back_training,
 }
 
 

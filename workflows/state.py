@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributeKey
 from workflows.plan import MigrationPlan
 from workflows.saga import Saga
 from workflows.sync import SyncResult
+from workflows.training_events import TrainingProgress
 
 with workflow.unsafe.imports_passed_through():
     from activities.analysis import Verdict
@@ -198,6 +199,7 @@ class MigrationState(BaseModel):
     decommission: DecommissionResult = Field(default_factory=DecommissionResult)
     failback: FailbackState = Field(default_factory=FailbackState)
     sync: ContinuousSyncState = Field(default_factory=ContinuousSyncState)
+    training: TrainingProgress = Field(default_factory=TrainingProgress, description="cutover.training: handoff")
     verdicts: list[Verdict] = Field(default_factory=list)
     egress_bytes: int = 0
     egress_cost_usd: float = 0

@@ -40,6 +40,7 @@ STAGE_VERDICTS = "2026-12-stage-verdicts"
 INTERLEAVED_TRIALS = "2026-12-interleaved-trials"
 CONTINUOUS_SYNC = "2026-12-continuous-sync"
 SEALED_AT_REST = "2026-12-sealed-at-rest"
+TRAINING_HANDOFF = "2026-12-training-handoff"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(INTERRUPT_LONG_WORK, "2026-11-29",
@@ -74,4 +75,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch(SEALED_AT_REST, "2026-12-03",
           "a checkpoint with `encryption.at_rest: sealed` is not opened into the target store: the compatibility "
           "check and the archive verification decrypt it into the target worker's scratch"),
+    Patch(TRAINING_HANDOFF, "2026-12-03",
+          "cutover.training: handoff starts a production run (TrainingRunWorkflow child) on the source when the "
+          "cutover begins and, with its hand-back registered first, moves it to the target at the handoff stage"),
 )  # fmt: skip

@@ -6,7 +6,14 @@ control worker; `record_code_root` on the source's worker once the job's code is
 """
 
 from activities.jobs.compare import CompareJobArmsInput, JobComparison, compare_job_arms
-from activities.jobs.continuity import HandoffComparison, HandoffMeasures, JudgeHandoffInput, judge_handoff
+from activities.jobs.continuity import (
+    HandoffComparison,
+    HandoffMeasures,
+    JudgeHandoffInput,
+    JudgeMoveInput,
+    judge_handoff,
+    judge_move,
+)
 from activities.jobs.files import ArtifactRef, CodeRoot, CodeRootInput, code_root, record_code_root
 from activities.jobs.resume import CheckpointRef
 from activities.jobs.run import JobProgress, JobResult, OutputFile, RunJobInput, run_job
@@ -33,6 +40,7 @@ __all__ = [
     "JobTolerances",
     "JudgeHandoffInput",
     "JudgeJobBenchInput",
+    "JudgeMoveInput",
     "OutputFile",
     "ResumeSpec",
     "RunJobInput",
@@ -40,6 +48,7 @@ __all__ = [
     "compare_job_arms",
     "judge_handoff",
     "judge_job_bench",
+    "judge_move",
     "record_code_root",
     "run_job",
 ]

@@ -226,3 +226,96 @@ def judge_continuity(request: JudgeHandoffInput) -> HandoffComparison:
 def judge_handoff(request: JudgeHandoffInput) -> HandoffComparison:
     """Control worker: the handoff arm against the uninterrupted source, by reference, with the source floor."""
     return judge_continuity(request)
+
+
+# -- a production run's move: the first steps on the destination against the run's own continuation --
+
+
+class JudgeMoveInput(BaseModel):
+    """A production run moved mid-flight: there is no uninterrupted twin, so the reference is the run's
+    own continuation: the origin resumed from the same checkpoint for the same steps, twice (the floor)."""
+
+    job: str
+    before: JobResult = Field(description="The run on the origin, up to SIGTERM and its checkpoint")
+    after: JobResult | None = Field(None, description="The first steps on the destination (None: never started)")
+    reference: JobResult = Field(description="The origin from the same checkpoint for watch_steps steps")
+    reference_repeat: JobResult = Field(description="The same again: the floor")
+    watch_steps: int = Field(ge=1, description="Steps after the checkpoint's that are judged")
+    tolerances: JobTolerances = Field(default_factory=JobTolerances)
+    measures: HandoffMeasures = Field(default_factory=HandoffMeasures)
+
+
+def _watched(records: list[Record], first: int, last: int) -> list[Record]:
+    return [r for r in records if first <= int(r["step"]) <= last]
+
+
+def judge_moved_run(request: JudgeMoveInput) -> HandoffComparison:
+    """The first `watch_steps` steps after a move, by the continuity checks and the same judge.
+
+    Steps missing or repeated, the resume's step, the first post-resume loss and every metric over
+    the watched steps are held against the origin's own continuation with the origin-again floor;
+    throughput after vs before the move is shown (dry run: a shared host varies by 25-65%).
+    """
+    rules = continuity_rules(request.tolerances)
+    arms = {"origin": request.before, "reference": request.reference, "reference_repeat": request.reference_repeat,
+            "destination": request.after}  # fmt: skip
+    arms = {name: arm for name, arm in arms.items() if arm is not None}
+    measurements = [arm_measurement(name, arm) for name, arm in arms.items()]
+    comparison = JobComparison(
+        job=request.job,
+        verdict=judge("", [], rules),
+        arms=[
+            ArmRow(arm=name, environment=arm.environment, status=arm.status, detail=arm.detail, steps=arm.steps_logged,
+                   last_loss=arm.last_loss if arm.last_loss is None or math.isfinite(arm.last_loss) else None,
+                   steady_per_s=arm.timing.steady_per_s, unit=arm.timing.unit, device=arm.device,
+                   code_root=arm.code_root[:16])
+            for name, arm in arms.items()
+        ],
+    )  # fmt: skip
+    result = HandoffComparison(job=request.job, comparison=comparison, measures=request.measures)
+    step = request.before.checkpoint.step if request.before.checkpoint else None
+    result.checkpoint_step = step
+    if request.after is None:
+        measurements.append(Measurement(metric="arm:destination", observed=1,
+                                        detail=f"job {request.job} did not resume elsewhere: the run stays on "
+                                        f"{request.before.environment}"))  # fmt: skip
+    elif step is not None and all(arm.ok for arm in arms.values()):
+        series = {name: load_series(read_artifact(arm.metrics)) if arm.metrics else [] for name, arm in arms.items()}
+        first, last = step + 1, step + request.watch_steps
+        reference, repeat, after = (_watched(series[n], first, last) for n in ("reference", "reference_repeat",
+                                                                                 "destination"))  # fmt: skip
+        result.resumed_at_step = min(_steps(after), default=None)
+        resumed = request.after.resumed_from_step
+        measurements.append(
+            Measurement(metric="resumed_from", observed=0 if resumed == step else math.inf,
+                        detail=f"the destination resumed from the checkpoint of step {resumed}; the origin "
+                        f"checkpointed step {step}")
+        )  # fmt: skip
+        found, result.steps_missing, result.steps_repeated = measure_steps(reference, series["origin"], after)
+        measurements += found
+        measurements.append(measure_restored(reference, repeat, after))
+        series_measurements, comparison.metrics = measure_series(reference, repeat, after, request.tolerances, rules)
+        measurements += [m for m in series_measurements if m.metric != "missing_steps"]
+        before_rate, after_rate = request.before.timing.steady_per_s, request.after.timing.steady_per_s
+        if before_rate and after_rate:
+            ratio = round(after_rate / before_rate, 3)
+            detail = f"steps/s after the move {after_rate:.3g} vs before {before_rate:.3g}"
+            measurements.append(Measurement(metric="handoff:throughput_ratio", observed=ratio, detail=detail))
+    m = request.measures
+    if m.seconds_to_first_step is None and request.before.sigterm_at and request.after and request.after.first_step_at:
+        m = result.measures = m.model_copy(
+            update={"seconds_to_first_step": round(request.after.first_step_at - request.before.sigterm_at, 3)}
+        )
+    for name, value in (("checkpoint_bytes", m.checkpoint_bytes), ("bytes_moved", m.bytes_moved),
+                        ("seconds_to_first_step", m.seconds_to_first_step)):  # fmt: skip
+        if value is not None:
+            measurements.append(Measurement(metric=f"handoff:{name}", observed=value, detail=f"{name} {value:.4g}"))
+    judged = judge(f"move:{request.job}", measurements, rules)
+    result.comparison = summarize(comparison, judged, [], request.tolerances.top_tensors)
+    return result
+
+
+@activity.defn
+def judge_move(request: JudgeMoveInput) -> HandoffComparison:
+    """Control worker: a production run's first steps after a move against its own continuation."""
+    return judge_moved_run(request)

@@ -39,7 +39,7 @@ from activities.stores import StoreSpec, join_key, open_store
 from skyshift.runtime import state_dir
 from skyshift.spec.jobs import JobSpec
 
-Arm = Literal["source", "source-repeat", "target", "bench", "handoff"]
+Arm = Literal["source", "source-repeat", "target", "bench", "handoff", "production"]
 JobStatus = Literal["succeeded", "failed", "timed_out", "stopped", "checkpointed"]
 Handoff = Literal["checkpointed", "ignored_sigterm", "no_checkpoint", "exited", "finished_first"]
 PYTHONS = ("python", "python3")
@@ -76,6 +76,11 @@ class RunJobInput(BaseModel):
     )
     resume_from: str | None = Field(
         None, description="A prefix in `checkpoints` holding a complete checkpoint: the job resumes from it"
+    )
+    sigterm_on_cancel: bool = Field(
+        False,
+        description="Resumable jobs: a cancellation is a move, not an abort: SIGTERM, resume.grace to checkpoint, "
+        "the checkpoint put under `checkpoint_prefix` and the result returned (a production run's move)",
     )
 
 
@@ -252,7 +257,7 @@ def run_job(request: RunJobInput) -> JobResult:
             f"({job.name}) once the job follows the resume contract",
             non_retryable=True,
         )
-    if request.handoff_at_step is not None and not request.checkpoint_prefix:
+    if (request.handoff_at_step is not None or request.sigterm_on_cancel) and not request.checkpoint_prefix:
         raise ApplicationError(f"job {job.name}: a handoff needs checkpoint_prefix (where its checkpoint goes)",
                                non_retryable=True)  # fmt: skip
     missing = [name for name in job.uses if name not in request.datasets]
@@ -303,52 +308,69 @@ def _supervise(
     status: JobStatus | None = None
     cancelled, sigterm_at, handoff = False, None, None
     # Shielded: a cancellation raised into this thread must not land between starting the group
-    # and ending it, or the job would outlive the activity.
-    with activity.shield_thread_cancel_exception():
-        with open(scratch / "stdout.log", "wb") as out, open(scratch / "stderr.log", "wb") as err:
-            process = subprocess.Popen(
-                build_command(job), cwd=scratch / "code", env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True,
-            )  # fmt: skip
-        pgid = process.pid
-        deadline = time.monotonic() + job.timeout.total_seconds()
-        try:
-            while True:
-                exited = process.poll() is not None
-                tail.read_new()
-                last = tail.records[-1] if tail.records else None
-                activity.heartbeat(
-                    JobProgress(
-                        phase="running", pid=pgid, steps_logged=len(tail.records),
-                        last_step=int(last["step"]) if last else None, loss=last.get("loss") if last else None,
-                        per_s=_rate(tail.records), elapsed_s=round(time.time() - started, 1),
-                    )
+    # and ending it, or the job would outlive the activity. A move (`sigterm_on_cancel`) catches the
+    # cancellation the shield raises at its end: the job has checkpointed, its result is returned.
+    try:
+        with activity.shield_thread_cancel_exception():
+            with open(scratch / "stdout.log", "wb") as out, open(scratch / "stderr.log", "wb") as err:
+                process = subprocess.Popen(
+                    build_command(job), cwd=scratch / "code", env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    start_new_session=True,
                 )  # fmt: skip
-                if exited:
-                    break
-                if sigterm_at is None and request.handoff_at_step is not None and last is not None:
-                    if int(last["step"]) >= request.handoff_at_step:
-                        sigterm_at = time.time()
-                        _signal_group(pgid, signal.SIGTERM)
-                        grace_end = time.monotonic() + job.resume.grace.total_seconds()
-                elif sigterm_at is not None and time.monotonic() >= grace_end:
-                    status, handoff = "failed", "ignored_sigterm"
-                    break
-                if request.stop_after_steps and len(tail.records) >= request.stop_after_steps:
-                    status = "stopped"
-                    break
-                if time.monotonic() >= deadline:
-                    status = "timed_out"
-                    break
-                if activity.is_cancelled():
-                    cancelled = True
-                    break
-                waiting = request.handoff_at_step is not None and sigterm_at is None
-                # Waiting to send SIGTERM: read the series often, so the signal lands near the step asked.
-                activity.wait_for_cancelled_sync(min(request.poll_seconds, 0.02) if waiting else request.poll_seconds)
-        finally:
-            activity.heartbeat(JobProgress(phase="stopping", pid=pgid, steps_logged=len(tail.records)))
-            end_group(process, pgid, 0 if handoff == "ignored_sigterm" else request.kill_grace_seconds)
+            pgid = process.pid
+            deadline = time.monotonic() + job.timeout.total_seconds()
+            try:
+                while True:
+                    exited = process.poll() is not None
+                    tail.read_new()
+                    last = tail.records[-1] if tail.records else None
+                    activity.heartbeat(
+                        JobProgress(
+                            phase="running", pid=pgid, steps_logged=len(tail.records),
+                            last_step=int(last["step"]) if last else None, loss=last.get("loss") if last else None,
+                            per_s=_rate(tail.records), elapsed_s=round(time.time() - started, 1),
+                        )
+                    )  # fmt: skip
+                    if exited:
+                        break
+                    if sigterm_at is None and request.handoff_at_step is not None and last is not None:
+                        if int(last["step"]) >= request.handoff_at_step:
+                            sigterm_at = time.time()
+                            _signal_group(pgid, signal.SIGTERM)
+                            grace_end = time.monotonic() + job.resume.grace.total_seconds()
+                    elif sigterm_at is not None and time.monotonic() >= grace_end:
+                        status, handoff = "failed", "ignored_sigterm"
+                        break
+                    if request.stop_after_steps and len(tail.records) >= request.stop_after_steps:
+                        status = "stopped"
+                        break
+                    if time.monotonic() >= deadline:
+                        status = "timed_out"
+                        break
+                    moving = request.sigterm_on_cancel and job.resume is not None
+                    if activity.is_cancelled() and sigterm_at is None:
+                        if not moving:
+                            cancelled = True
+                            break
+                        if last is not None:  # a move: checkpoint, then exit 0
+                            sigterm_at = time.time()
+                            _signal_group(pgid, signal.SIGTERM)
+                            grace_end = time.monotonic() + job.resume.grace.total_seconds()
+                            continue
+                        # Not stepping yet: a job still importing has no SIGTERM handler and would die of it.
+                    waiting = request.handoff_at_step is not None and sigterm_at is None
+                    # Waiting to send SIGTERM: read the series often, so the signal lands near the step asked.
+                    pause = min(request.poll_seconds, 0.02) if waiting else request.poll_seconds
+                    if moving and activity.is_cancelled():
+                        time.sleep(min(pause, 0.1))  # a move: SIGTERM at the first step, then the job's exit
+                    else:
+                        activity.wait_for_cancelled_sync(pause)
+            finally:
+                activity.heartbeat(JobProgress(phase="stopping", pid=pgid, steps_logged=len(tail.records)))
+                end_group(process, pgid, 0 if handoff == "ignored_sigterm" else request.kill_grace_seconds)
+    except CancelledError:
+        if not (request.sigterm_on_cancel and job.resume is not None):
+            raise  # a move's cancellation ends in a result: checkpointed, or what the job did first
     if cancelled:
         raise CancelledError(f"job {job.name} cancelled on {request.environment}; its process group was ended")
     tail.read_new(final=True)
@@ -383,7 +405,7 @@ def _supervise(
 
 def _judge_handoff(request: RunJobInput, result: JobResult) -> None:
     """A requested handoff ends checkpointed only with exit 0 and a checkpoint of a step it logged."""
-    if request.handoff_at_step is None or result.handoff == "ignored_sigterm":
+    if (request.handoff_at_step is None and result.sigterm_at is None) or result.handoff == "ignored_sigterm":
         return
     if result.sigterm_at is None:
         result.handoff = "finished_first"

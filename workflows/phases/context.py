@@ -199,6 +199,11 @@ class MigrationContext:
             lines.append("⏸ paused by an operator")
         if s.verdicts:
             lines.append(f"last verdict ({s.verdicts[-1].subject}): {s.verdicts[-1].outcome}: {s.verdicts[-1].summary}")
+        if (run := s.training).run_id:
+            lines.append(f"production run {run.job} on **{run.environment}**")
+            for e in run.events[-2:]:
+                lines.append(f"{e.kind} {e.origin} → {e.destination}: {e.outcome}; steps lost {e.steps_lost}, SIGTERM "
+                             f"→ first step {e.seconds_to_first_step}s, {e.bytes_moved} bytes moved")  # fmt: skip
         lines.append(f"egress so far: {s.egress_bytes / 1e9:.3f} GB, ${s.egress_cost_usd:.4f}")
         if s.outcome:
             lines.append(f"outcome: **{s.outcome}**: {s.outcome_reason}")

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.sequential import StageBudget
     from activities.traffic import RouteInput, route_traffic
     from activities.windows import JudgeWindowInput, StageControl, WindowThresholds, judge_window
+    from workflows.phases import training
     from workflows.phases.context import MigrationContext
     from workflows.plan import CONTROL_TASK_QUEUE, MigrationPlan, Stage
     from workflows.saga import Compensation
@@ -72,6 +73,7 @@ class StagedCutover:
         self.state.cutover.entered = True
         self.state.cutover.previous = await self._scrape() if self.plan.workloads.endpoints else []
         self.ctx.audit("skyshift", "stage_entered", f"{stage.name}: {stage.percent}% to target for {stage.duration}")
+        await training.on_stage_entry(self.ctx, stage)  # cutover.training: handoff
 
     async def _route(self, percent: int, reason: str) -> None:
         router = self.plan.workloads.router
