@@ -137,3 +137,11 @@ def recorded_histories(workflow: str = "MigrationWorkflow") -> dict[str, Path]:
         if first["workflowExecutionStartedEventAttributes"]["workflowType"]["name"] == workflow:
             found[path.stem.split("@")[0]] = path
     return found
+
+
+async def record_history(handle, scenario: str) -> None:
+    """SKYSHIFT_RECORD_HISTORY=tests/histories: keep this run's history for the replay tests (added, never redone)."""
+    folder = os.environ.get("SKYSHIFT_RECORD_HISTORY")
+    if folder:
+        history = await handle.fetch_history()
+        (Path(folder) / f"{scenario}@{handle.id}.json").write_text(history.to_json())

@@ -3,26 +3,15 @@ traffic moves is what the target at 100% is judged against, and every verdict na
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from starters.load import LoadGenerator
 from starters.operate import start_migration
 from tests.conftest import running_workers
-from tests.helpers import approve_gates
+from tests.helpers import approve_gates, record_history
 from tests.test_cutover import plan_for
 
 pytestmark = pytest.mark.stack
-
-
-async def record_history(handle, scenario: str) -> None:
-    """SKYSHIFT_RECORD_HISTORY=tests/histories: keep this run's history for the replay tests (added, never redone)."""
-    folder = os.environ.get("SKYSHIFT_RECORD_HISTORY")
-    if folder:
-        history = await handle.fetch_history()
-        (Path(folder) / f"{scenario}@{handle.id}.json").write_text(history.to_json())
 
 
 async def test_at_100_percent_equal_endpoints_are_judged_against_the_source_at_full_load(client, tmp_path, serving):

@@ -23,7 +23,7 @@ from activities.jobs import JobProgress
 from activities.stores import open_store
 from activities.stores.base import metadata_spec
 from tests.conftest import running_workers
-from tests.helpers import make_plan, seed, suffix
+from tests.helpers import make_plan, record_history, seed, suffix
 from workflows.plan import CONTROL_TASK_QUEUE
 from workflows.training_run import MoveRequest, TrainingRunInput, TrainingRunWorkflow, checkpoint_prefix
 
@@ -234,6 +234,7 @@ async def test_the_cutover_hands_the_production_run_to_the_target_and_a_rollback
         assert hand_back < asked and any("production run back" in d for d in registered)  # the way back first
         await handle.signal(MigrationWorkflow.rollback, RollbackInput(reason="test over", by="tester"))
         final = await handle.result()
+        await record_history(handle, "training_handoff_rollback")
         assert final.outcome == "rolled_back"
         assert any("production run back" in done for done in final.saga.completed)
         shown = summary(final)  # what `skyshift status` prints

@@ -9,9 +9,8 @@ from temporalio.api.enums.v1 import EventType
 from activities.stores import open_store
 from starters.operate import start_migration
 from tests.conftest import running_workers
-from tests.helpers import approve_gates, seed, suffix
+from tests.helpers import approve_gates, record_history, seed, suffix
 from tests.test_lifecycle import JOB, _job_plan
-from tests.test_stage_cutover import record_history
 from workflows.migration import MigrationWorkflow
 from workflows.state import RollbackInput
 
