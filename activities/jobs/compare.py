@@ -330,11 +330,9 @@ def arm_measurement(name: str, arm: JobResult) -> Measurement:
     return Measurement(metric=f"arm:{name}", observed=0 if arm.ok else 1, detail=detail)
 
 
-def compare_arms(request: CompareJobArmsInput) -> JobComparison:
-    tolerances = request.tolerances
-    rules = [*tolerances.rules, *default_rules(tolerances)]
-    arms = {"source": request.source, "source_repeat": request.source_repeat, "target": request.target}
-    table = [
+def arm_rows(arms: dict[str, JobResult]) -> list[ArmRow]:
+    """One table row per arm, as `status`, the demo and the report show them."""
+    return [
         ArmRow(
             arm=name, environment=arm.environment, status=arm.status, detail=arm.detail, steps=arm.steps_logged,
             last_loss=_finite(arm.last_loss), steady_per_s=arm.timing.steady_per_s, unit=arm.timing.unit,
@@ -342,6 +340,13 @@ def compare_arms(request: CompareJobArmsInput) -> JobComparison:
         )
         for name, arm in arms.items()
     ]  # fmt: skip
+
+
+def compare_arms(request: CompareJobArmsInput) -> JobComparison:
+    tolerances = request.tolerances
+    rules = [*tolerances.rules, *default_rules(tolerances)]
+    arms = {"source": request.source, "source_repeat": request.source_repeat, "target": request.target}
+    table = arm_rows(arms)
     measurements = [arm_measurement(name, arm) for name, arm in arms.items()]
     roots = {arm.code_root for arm in arms.values()}
     measurements.append(

@@ -20,9 +20,9 @@ from temporalio import activity
 
 from activities.analysis import AnalysisRule, Measurement, judge
 from activities.jobs.compare import (
-    ArmRow,
     JobComparison,
     arm_measurement,
+    arm_rows,
     default_rules,
     measure_outputs,
     measure_series,
@@ -167,13 +167,7 @@ def judge_continuity(request: JudgeHandoffInput) -> HandoffComparison:
     comparison = JobComparison(
         job=request.job,
         verdict=judge("", [], rules),
-        arms=[
-            ArmRow(arm=name, environment=arm.environment, status=arm.status, detail=arm.detail, steps=arm.steps_logged,
-                   last_loss=arm.last_loss if arm.last_loss is None or math.isfinite(arm.last_loss) else None,
-                   steady_per_s=arm.timing.steady_per_s, unit=arm.timing.unit, device=arm.device,
-                   code_root=arm.code_root[:16])
-            for name, arm in arms.items()
-        ],
+        arms=arm_rows(arms),
     )  # fmt: skip
     result = HandoffComparison(job=request.job, comparison=comparison, measures=request.measures)
     before_step = request.before.checkpoint.step if request.before.checkpoint else None
@@ -264,13 +258,7 @@ def judge_moved_run(request: JudgeMoveInput) -> HandoffComparison:
     comparison = JobComparison(
         job=request.job,
         verdict=judge("", [], rules),
-        arms=[
-            ArmRow(arm=name, environment=arm.environment, status=arm.status, detail=arm.detail, steps=arm.steps_logged,
-                   last_loss=arm.last_loss if arm.last_loss is None or math.isfinite(arm.last_loss) else None,
-                   steady_per_s=arm.timing.steady_per_s, unit=arm.timing.unit, device=arm.device,
-                   code_root=arm.code_root[:16])
-            for name, arm in arms.items()
-        ],
+        arms=arm_rows(arms),
     )  # fmt: skip
     result = HandoffComparison(job=request.job, comparison=comparison, measures=request.measures)
     step = request.before.checkpoint.step if request.before.checkpoint else None
