@@ -56,6 +56,7 @@ def test_histories_cover_completion_rollback_every_exit_and_0_1_syncs():
         "sync_v1_continue_as_new",  # 0.1's DatasetSyncWorkflow (_run_v1): ranges, then continue-as-new
         "sync_v1",  # 0.1's DatasetSyncWorkflow (_run_v1): the continued run's last range, completed
         "failback_window_soak",  # monitored soak, failback window: reverse passes, a drill, a failback
+        "training_handoff_rollback",  # cutover.training: the production run handed off, then handed back by a rollback
         "handoff_ok",  # a resumable job's handoff arm: SIGTERM, checkpoint synced, resumed, continuity passes
         "handoff_dataloader",  # the target resumes with its dataloader restarted: the handoff arm fails, rolls back
         "continuous_sync",  # sync every 6h (fast-forwarded) in the cutover, stopped before the final sync
