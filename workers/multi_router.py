@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from workers.http import KeepAliveHandler
 from workers.routing_policy import CostLatencyPolicy, PolicySettings, RoutedEndpoint
 
 log = logging.getLogger("skyshift.multi_router")
@@ -113,15 +114,7 @@ class MultiRouter:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         router = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body leave as two writes: with Nagle on, a keep-alive client's delayed ACK holds
-            # the body ~40 ms, which a latency verdict would read as the endpoint's own (48 vs 7 ms median).
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(KeepAliveHandler):
             def _reply(self, status: int, body: bytes, headers: list | None = None) -> None:
                 self.send_response(status)
                 for name, value in headers or [("Content-Type", "application/json")]:

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from activities.shadow.mirror import ArmReply, Exchange, ExchangePage, MirrorCounters, MirrorSettings, MirrorStatus
 from activities.traffic import Weights
 from skyshift.spec.shadow import SHADOW_HEADER, SHADOW_ID_HEADER
+from workers.http import KeepAliveHandler
 
 log = logging.getLogger("skyshift.router")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
@@ -197,15 +198,7 @@ class Router:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         router = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body leave as two writes: with Nagle on, a keep-alive client's delayed ACK holds
-            # the body ~40 ms, which a latency verdict would read as the endpoint's own (48 vs 7 ms median).
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(KeepAliveHandler):
             def _reply(self, status: int, body: bytes, headers: list | None = None) -> None:
                 self.send_response(status)
                 sent = False
