@@ -202,18 +202,26 @@ def judge_continuity(request: JudgeHandoffInput) -> HandoffComparison:
             Measurement(metric="arm:handoff_source", observed=1,
                         detail=f"no handoff on {request.before.environment}: {request.before.detail}")
         )  # fmt: skip
-    m = request.measures
-    if m.seconds_to_first_step is None and request.before.sigterm_at and request.after and request.after.first_step_at:
-        m = result.measures = m.model_copy(
-            update={"seconds_to_first_step": round(request.after.first_step_at - request.before.sigterm_at, 3)}
-        )
-    for name, value in (("checkpoint_bytes", m.checkpoint_bytes), ("bytes_moved", m.bytes_moved),
-                        ("seconds_to_first_step", m.seconds_to_first_step)):  # fmt: skip
-        if value is not None:
-            measurements.append(Measurement(metric=f"handoff:{name}", observed=value, detail=f"{name} {value:.4g}"))
+    measurements += move_costs(result, request.before, request.after)
     judged = judge(f"handoff:{request.job}", measurements, rules)
     result.comparison = summarize(comparison, judged, tensor_rows, tolerances.top_tensors)
     return result
+
+
+def move_costs(result: HandoffComparison, before: JobResult, after: JobResult | None) -> list[Measurement]:
+    """What the move cost (checkpoint size, bytes moved, SIGTERM → first step), reported beside the verdict;
+    the time to the first step is filled in from the two runs when the caller did not measure it."""
+    m = result.measures
+    if m.seconds_to_first_step is None and before.sigterm_at and after and after.first_step_at:
+        m = result.measures = m.model_copy(
+            update={"seconds_to_first_step": round(after.first_step_at - before.sigterm_at, 3)}
+        )
+    return [
+        Measurement(metric=f"handoff:{name}", observed=value, detail=f"{name} {value:.4g}")
+        for name, value in (("checkpoint_bytes", m.checkpoint_bytes), ("bytes_moved", m.bytes_moved),
+                            ("seconds_to_first_step", m.seconds_to_first_step))
+        if value is not None
+    ]  # fmt: skip
 
 
 @activity.defn
@@ -289,15 +297,7 @@ def judge_moved_run(request: JudgeMoveInput) -> HandoffComparison:
             ratio = round(after_rate / before_rate, 3)
             detail = f"steps/s after the move {after_rate:.3g} vs before {before_rate:.3g}"
             measurements.append(Measurement(metric="handoff:throughput_ratio", observed=ratio, detail=detail))
-    m = request.measures
-    if m.seconds_to_first_step is None and request.before.sigterm_at and request.after and request.after.first_step_at:
-        m = result.measures = m.model_copy(
-            update={"seconds_to_first_step": round(request.after.first_step_at - request.before.sigterm_at, 3)}
-        )
-    for name, value in (("checkpoint_bytes", m.checkpoint_bytes), ("bytes_moved", m.bytes_moved),
-                        ("seconds_to_first_step", m.seconds_to_first_step)):  # fmt: skip
-        if value is not None:
-            measurements.append(Measurement(metric=f"handoff:{name}", observed=value, detail=f"{name} {value:.4g}"))
+    measurements += move_costs(result, request.before, request.after)
     judged = judge(f"move:{request.job}", measurements, rules)
     result.comparison = summarize(comparison, judged, [], request.tolerances.top_tensors)
     return result
